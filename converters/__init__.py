@@ -1,0 +1,1 @@
+"""Keras -> Larq Compute Engine TFLite conversion (installed as ``tfquant.converters``)."""

@@ -1,0 +1,72 @@
+"""The shared test sets (STYLE.md 6): numpy references and checks reused per component."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfquant import quantizers
+from tfquant._keras import keras, tf
+
+
+def np_sign(x):
+    return np.where(x >= 0, 1.0, -1.0).astype(np.float32)
+
+
+def grad_of(fn, x, seed=0):
+    """Return (y, dL/dx) for L = sum(fn(x) * r) with a fixed random r."""
+    x = tf.constant(x)
+    r = tf.constant(np.random.default_rng(seed).normal(size=x.shape).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+        loss = tf.reduce_sum(y * r)
+    return y.numpy(), tape.gradient(loss, x).numpy(), r.numpy()
+
+
+def assert_roundtrip(quantizer: quantizers.Quantizer, x: np.ndarray) -> None:
+    """Serialization round trip: same class, same config, same output."""
+    config = quantizers.serialize(quantizer)
+    clone = quantizers.get(config)
+    assert type(clone) is type(quantizer)
+    assert clone.get_config() == quantizer.get_config()
+    np.testing.assert_array_equal(clone(x).numpy(), quantizer(x).numpy())
+
+
+def binary_cnn(kernel_quantizer="ste_sign", input_shape=(16, 16, 32), seed=0) -> keras.Model:
+    """Two binary convs (same-with-ones padding) with BatchNorm, as LCE likes them."""
+    keras.utils.set_random_seed(seed)
+    from tfquant.layers import QuantConv2D
+
+    common = dict(
+        padding="same",
+        pad_values=1.0,
+        input_quantizer="ste_sign",
+        kernel_quantizer=kernel_quantizer,
+        use_bias=False,
+    )
+    model = keras.Sequential(
+        [
+            keras.Input(input_shape),
+            QuantConv2D(32, 3, **common),
+            keras.layers.BatchNormalization(),
+            QuantConv2D(64, 3, **common),
+            keras.layers.BatchNormalization(),
+        ]
+    )
+    randomize_batchnorm(model, seed)
+    return model
+
+
+def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
+    """Give BatchNorm layers non-trivial statistics so folding is exercised."""
+    rng = np.random.default_rng(seed)
+    for bn in [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]:
+        gamma, beta, mean, var = bn.get_weights()
+        bn.set_weights(
+            [
+                rng.uniform(0.5, 2.0, gamma.shape),
+                rng.normal(0, 0.5, beta.shape),
+                rng.normal(0, 2.0, mean.shape),
+                rng.uniform(2.0, 20.0, var.shape),
+            ]
+        )

@@ -1,0 +1,313 @@
+"""Quantizers: pure STE functions plus thin serializable classes.
+
+Each class is a Keras layer (so a quantizer can own variables, e.g. a learned grid or a
+relaxation weight, that become weights of the layer using it) registered under the package
+``"tfquant"``, with a snake_case string alias. Every class declares
+
+* ``precision``: bits per value when stored (1 for binary, 2 for ternary, k for k-bit);
+* ``levels``: the normalised level set, e.g. ``(-1.0, 1.0)``;
+* ``scaled``: whether the levels are multiplied by a data-dependent scale.
+
+so optimizers and the converter can read what a quantized variable may take.
+
+Example:
+
+>>> import tfquant
+>>> q = tfquant.quantizers.get("ste_sign")
+>>> q(tfquant._keras.tf.constant([-0.3, 0.0, 2.0])).numpy().tolist()
+[-1.0, 1.0, 1.0]
+>>> q.levels
+(-1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tfquant._keras import keras, tf
+from tfquant.quantizers import _ste
+from tfquant.quantizers._ste import (
+    approx_sign,
+    scaled_sign,
+    ste_round,
+    ste_sign,
+    ste_ternary,
+    uniform_quantize,
+)
+
+__all__ = [
+    "Quantizer",
+    "SteSign",
+    "ApproxSign",
+    "ScaledSign",
+    "SteTernary",
+    "UniformQuantizer",
+    "get",
+    "serialize",
+    "ste_sign",
+    "approx_sign",
+    "scaled_sign",
+    "ste_ternary",
+    "ste_round",
+    "uniform_quantize",
+]
+
+
+def _check_clip(clip_value: float | None) -> float | None:
+    if clip_value is not None and not clip_value > 0:
+        raise ValueError(f"Expected clip_value > 0 or None. Received: clip_value={clip_value}")
+    return None if clip_value is None else float(clip_value)
+
+
+class Quantizer(keras.layers.Layer):
+    """Base class of tfquant quantizers.
+
+    Subclasses implement ``call(inputs)`` with one of the pure functions and set
+    ``precision``, ``levels`` and ``scaled``.
+    """
+
+    precision: int = 32
+    levels: tuple[float, ...] | None = None
+    scaled: bool = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class SteSign(Quantizer):
+    r"""Binary quantizer: sign with a straight-through gradient clipped at ``clip_value``.
+
+    Forward :math:`q(x) = -1` for :math:`x < 0`, :math:`+1` otherwise, in the form LCE turns
+    into ``LceQuantize`` (inputs) and a binary filter (kernels). Backward
+    :math:`\partial q / \partial x = 1_{|x| \le c}`.
+
+    Args:
+        clip_value: the gradient is zero where ``|x| > clip_value``; ``None`` passes it
+            everywhere.
+
+    References: Courbariaux et al., "Binarized Neural Networks", NeurIPS 2016.
+    """
+
+    precision = 1
+    levels = (-1.0, 1.0)
+
+    def __init__(self, clip_value: float | None = 1.0, **kwargs: Any) -> None:
+        self.clip_value = _check_clip(clip_value)
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return ste_sign(inputs, clip_value=self.clip_value)
+
+    def get_config(self):
+        return {**super().get_config(), "clip_value": self.clip_value}
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class ApproxSign(Quantizer):
+    r"""Binary quantizer with Bi-Real Net's gradient :math:`(2 - 2|x|) 1_{|x| \le 1}`."""
+
+    precision = 1
+    levels = (-1.0, 1.0)
+
+    def call(self, inputs):
+        return approx_sign(inputs)
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class ScaledSign(Quantizer):
+    r"""XNOR-Net binary weights :math:`\alpha_o \operatorname{sign}(w)`, :math:`\alpha_o` =
+    mean :math:`|w|` of output channel ``o`` (the last axis); a straight-through gradient.
+
+    Args:
+        clip_value: gradient mask threshold, ``None`` (default) for none.
+        per_channel: one scale per output channel (default) or one per tensor.
+    """
+
+    precision = 1
+    levels = (-1.0, 1.0)
+    scaled = True
+
+    def __init__(self, clip_value: float | None = None, per_channel: bool = True, **kwargs: Any):
+        self.clip_value = _check_clip(clip_value)
+        self.per_channel = bool(per_channel)
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return scaled_sign(inputs, clip_value=self.clip_value, per_channel=self.per_channel)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "clip_value": self.clip_value,
+            "per_channel": self.per_channel,
+        }
+
+
+_TERNARY_METHODS = ("twn", "optimal", "fixed")
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class SteTernary(Quantizer):
+    r"""Ternary quantizer :math:`\alpha\,\operatorname{sign}(w)\,1_{|w| > \Delta}` with a
+    straight-through gradient. See :func:`tfquant.quantizers.ste_ternary`.
+
+    Args:
+        method: ``"twn"`` (threshold 0.7 mean|w|, default), ``"optimal"`` (exact least-squares
+            ternary approximation) or ``"fixed"`` (threshold ``threshold_value``, no scale).
+        per_channel: statistics per output channel (last axis) or per tensor.
+        threshold_value: the threshold of ``method="fixed"``.
+        clip_value: gradient mask threshold, ``None`` for none.
+    """
+
+    precision = 2
+    levels = (-1.0, 0.0, 1.0)
+
+    def __init__(
+        self,
+        method: str = "twn",
+        per_channel: bool = True,
+        threshold_value: float = 0.5,
+        clip_value: float | None = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        if method not in _TERNARY_METHODS:
+            raise ValueError(f"Expected method in {_TERNARY_METHODS}. Received: method={method!r}")
+        if not threshold_value > 0:
+            raise ValueError(
+                f"Expected threshold_value > 0. Received: threshold_value={threshold_value}"
+            )
+        self.method = method
+        self.per_channel = bool(per_channel)
+        self.threshold_value = float(threshold_value)
+        self.clip_value = _check_clip(clip_value)
+        super().__init__(**kwargs)
+
+    @property
+    def scaled(self) -> bool:  # type: ignore[override]
+        return self.method != "fixed"
+
+    def call(self, inputs):
+        return ste_ternary(
+            inputs, self.method, self.per_channel, self.threshold_value, self.clip_value
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "method": self.method,
+            "per_channel": self.per_channel,
+            "threshold_value": self.threshold_value,
+            "clip_value": self.clip_value,
+        }
+
+
+_UNIFORM_MODES = ("activation", "weight")
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class UniformQuantizer(Quantizer):
+    r"""k-bit uniform quantizer (DoReFa-Net) for activations or weights.
+
+    Args:
+        bits: bits per value, 1 to 32.
+        mode: ``"activation"``: clip to [0, 1], levels :math:`\{j / (2^k - 1)\}`;
+            ``"weight"``: DoReFa's tanh-normalised weights, levels
+            :math:`\{-1 + 2j / (2^k - 1)\}`. The max-normalisation makes this mode not
+            idempotent (a constant tensor maps to +-1), which is why ``tfquant.finalize``
+            stores ``Q(w)`` and forwards it unchanged.
+    """
+
+    def __init__(self, bits: int = 2, mode: str = "activation", **kwargs: Any) -> None:
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
+            raise ValueError(f"Expected bits an integer in [1, 32]. Received: bits={bits!r}")
+        if mode not in _UNIFORM_MODES:
+            raise ValueError(f"Expected mode in {_UNIFORM_MODES}. Received: mode={mode!r}")
+        self.bits = bits
+        self.mode = mode
+        super().__init__(**kwargs)
+
+    @property
+    def precision(self) -> int:  # type: ignore[override]
+        return self.bits
+
+    @property
+    def levels(self) -> tuple[float, ...]:  # type: ignore[override]
+        n = 2**self.bits - 1
+        if self.bits > 8:
+            return ()  # too many to list; the range is [0, 1] or [-1, 1]
+        if self.mode == "activation":
+            return tuple(j / n for j in range(n + 1))
+        return tuple(-1.0 + 2.0 * j / n for j in range(n + 1))
+
+    def call(self, inputs):
+        return uniform_quantize(inputs, self.bits, self.mode)
+
+    def get_config(self):
+        return {**super().get_config(), "bits": self.bits, "mode": self.mode}
+
+
+def _snake(name: str) -> str:
+    out = [name[0].lower()]
+    for ch in name[1:]:
+        out.append("_" + ch.lower() if ch.isupper() else ch)
+    return "".join(out)
+
+
+_CLASSES: dict[str, type[Quantizer]] = {
+    cls.__name__: cls for cls in (SteSign, ApproxSign, ScaledSign, SteTernary, UniformQuantizer)
+}
+ALIASES: dict[str, type[Quantizer]] = {_snake(name): cls for name, cls in _CLASSES.items()}
+
+
+def register_alias(alias: str, cls: type[Quantizer]) -> None:
+    """Make ``get(alias)`` build ``cls()`` (for quantizers defined in other tfquant modules)."""
+    ALIASES[alias] = cls
+    _CLASSES[cls.__name__] = cls
+
+
+def serialize(quantizer: Quantizer | None) -> dict | None:
+    """Keras-serialize a quantizer (``None`` stays ``None``)."""
+    return None if quantizer is None else keras.utils.serialize_keras_object(quantizer)
+
+
+def get(identifier: Any) -> Quantizer | None:
+    """Return a quantizer from ``None``, an alias, a class name, a config dict or an instance.
+
+    Raises:
+        ValueError: for an unknown name or an object that is not a quantizer.
+    """
+    if identifier is None or isinstance(identifier, Quantizer):
+        return identifier
+    if isinstance(identifier, str):
+        cls = ALIASES.get(identifier) or _CLASSES.get(identifier)
+        if cls is None:
+            raise ValueError(
+                f"Unknown quantizer {identifier!r}. Expected one of {sorted(ALIASES)}, a "
+                "tfquant.quantizers.Quantizer instance, a config dict or None."
+            )
+        return cls()
+    if isinstance(identifier, dict):
+        name = identifier.get("class_name")
+        cls = _CLASSES.get(name) or keras.utils.get_registered_object(
+            identifier.get("registered_name") or f"tfquant>{name}"
+        )
+        if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
+            raise ValueError(
+                f"Expected a quantizer config with class_name in {sorted(_CLASSES)}. "
+                f"Received: {identifier!r}"
+            )
+        return cls(**identifier.get("config", {}))
+    raise ValueError(
+        "Expected a quantizer: None, a string alias, a config dict or a "
+        f"tfquant.quantizers.Quantizer. Received: {identifier!r} of type {type(identifier).__name__}"
+    )
+
+
+# Re-exported for users that want the pure function behind a class.
+functional = _ste
+del tf
