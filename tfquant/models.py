@@ -229,7 +229,7 @@ def finalize(
         if layer.kernel_quantizer is None:
             continue
         kernel = layer.kernel_variable
-        kernel.assign(tf.cast(layer.kernel_quantizer(kernel), kernel.dtype))
+        kernel.assign(tf.cast(layer.kernel_quantizer.exact(kernel), kernel.dtype))
         # The stored kernel now is the deployed one: forward it as it is (gate 0) rather than
         # quantizing it again, since not every quantizer is idempotent (DoReFa's weights).
         layer.kernel_gate.assign(0.0)

@@ -74,6 +74,12 @@ class Quantizer(keras.layers.Layer):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
 
+    @property
+    def exact(self) -> Quantizer:
+        """The quantizer applied at deployment (``tfquant.finalize``). Itself, except for
+        wrappers that relax a quantizer during training, which return the wrapped one."""
+        return self
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
