@@ -1,0 +1,144 @@
+"""Shared pieces of the benchmark scripts: data, the binary-weight CNN, train + evaluate.
+
+Every training benchmark builds the same network with :func:`binary_weight_cnn` and runs
+:func:`fit_and_evaluate`, so methods are compared on equal terms (same data, epochs, seed).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import numpy as np
+
+import tfquant
+from tfquant import datasets
+from tfquant._keras import keras, tf
+
+
+def load_data(
+    name: str = "fashion_mnist", subset: int | None = None, test_subset: int | None = None
+):
+    """``((x_train, y_train), (x_test, y_test))``, optionally the first ``subset`` samples."""
+    (xtr, ytr), (xte, yte) = datasets.load(name)
+    if subset:
+        xtr, ytr = xtr[:subset], ytr[:subset]
+    if test_subset:
+        xte, yte = xte[:test_subset], yte[:test_subset]
+    return (xtr, ytr), (xte, yte)
+
+
+def binary_weight_cnn(
+    kernel_quantizer="ste_sign",
+    input_shape=(28, 28, 1),
+    classes: int = 10,
+    widths=(32, 64, 128),
+    seed: int = 0,
+) -> keras.Model:
+    """A CNN whose every conv and dense kernel is quantized; activations stay float ReLU.
+
+    The setting of the mirror-descent paper (weights only, all layers including the first
+    and last). ``kernel_quantizer`` may be a string, a config dict or a callable returning a
+    fresh quantizer per layer (for quantizers holding per-layer state).
+    """
+    keras.utils.set_random_seed(seed)
+
+    def kq():
+        return kernel_quantizer() if callable(kernel_quantizer) else kernel_quantizer
+
+    x = inputs = keras.Input(input_shape)
+    for i, width in enumerate(widths):
+        x = tfquant.layers.QuantConv2D(
+            width, 3, padding="same", kernel_quantizer=kq(), use_bias=False, name=f"conv{i}"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D(2)(x) if i < len(widths) - 1 else x
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = tfquant.layers.QuantDense(classes, kernel_quantizer=kq(), use_bias=False, name="dense")(x)
+    x = keras.layers.BatchNormalization(name="bn_out")(x)
+    outputs = keras.layers.Softmax()(x)
+    return keras.Model(inputs, outputs, name="binary_weight_cnn")
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of each training batch; the first ``skip`` (tracing, warm-up) are dropped."""
+
+    def __init__(self, skip: int = 5):
+        super().__init__()
+        self.skip = skip
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+    @property
+    def seconds_per_step(self) -> float:
+        times = self.times[self.skip :] or self.times
+        return float(np.median(times))
+
+
+def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(model.predict(x, batch_size=512, verbose=0), -1) == y))
+
+
+def fit_and_evaluate(
+    model: keras.Model,
+    optimizer,
+    train,
+    test,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    callbacks=(),
+    bn_batches: int = 20,
+    verbose: int = 0,
+) -> dict:
+    """Train, then report test accuracy before and after ``tfquant.finalize`` (hard weights,
+    BatchNorm re-estimated on ``bn_batches`` training batches) and seconds per step."""
+    timer = StepTimer()
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    start = time.perf_counter()
+    history = model.fit(
+        train[0],
+        train[1],
+        epochs=epochs,
+        batch_size=batch_size,
+        callbacks=[timer, *callbacks],
+        verbose=verbose,
+        shuffle=True,
+    )
+    train_seconds = time.perf_counter() - start
+    soft = accuracy(model, *test)
+    tfquant.finalize(model, train[0][: bn_batches * batch_size], batch_size=batch_size)
+    hard = accuracy(model, *test)
+    return {
+        "test_accuracy_hard": hard,
+        "test_accuracy_before_finalize": soft,
+        "train_accuracy_last_epoch": float(history.history["accuracy"][-1]),
+        "seconds_per_step": timer.seconds_per_step,
+        "train_seconds": train_seconds,
+        "steps": len(timer.times),
+    }
+
+
+def machine() -> dict:
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "cpu_count": __import__("os").cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def dump(result: dict, path: str | None = None) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text + "\n")
