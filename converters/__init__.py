@@ -1,1 +1,32 @@
-"""Keras -> Larq Compute Engine TFLite conversion (installed as ``tfquant.converters``)."""
+"""Keras -> Larq Compute Engine TFLite conversion (installed as ``tfquant.converters``).
+
+``convert`` returns the flatbuffer; ``convert_with_report`` also says, per tfquant layer,
+whether it became ``LceBconv2d``, int8 or float (and why), the size breakdown and the
+parity against Keras. See :mod:`tfquant.converters.rewrite` for the rewrites past LCE's
+limits (binary Dense, ternary / k-bit weights as exact int8).
+"""
+
+from tfquant.converters import inspect, rewrite
+from tfquant.converters.lce import (
+    ConversionError,
+    ConversionReport,
+    LayerNotBinaryError,
+    LayerReport,
+    convert,
+    convert_with_report,
+    load_model,
+    write_atomic,
+)
+
+__all__ = [
+    "convert",
+    "convert_with_report",
+    "load_model",
+    "write_atomic",
+    "ConversionError",
+    "LayerNotBinaryError",
+    "ConversionReport",
+    "LayerReport",
+    "inspect",
+    "rewrite",
+]

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 from tensorflow.lite.python import schema_py_generated as _schema
 
 from tfquant._keras import tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
 
-__all__ = ["op_names", "op_counts", "load_model_t"]
+__all__ = [
+    "op_names",
+    "op_counts",
+    "load_model_t",
+    "size_breakdown",
+    "compute_ops",
+    "io_details",
+    "run",
+    "random_inputs",
+    "parity",
+]
 
 _BUILTIN_NAMES = {
     value: name for name, value in vars(_schema.BuiltinOperator).items() if not name.startswith("_")
@@ -40,3 +51,184 @@ def op_names(flatbuffer: bytes) -> list[str]:
 def op_counts(flatbuffer: bytes) -> dict[str, int]:
     """How many operators of each name the main subgraph holds."""
     return dict(Counter(op_names(flatbuffer)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors, sizes, compute ops
+
+_INT8, _INT32, _FLOAT32 = 9, 2, 0
+_COMPUTE_OPS = ("LceBconv2d", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def _buffer_bytes(model: _schema.ModelT, index: int) -> int:
+    data = model.buffers[index].data if 0 <= index < len(model.buffers) else None
+    return 0 if data is None else len(data)
+
+
+def size_breakdown(flatbuffer: bytes) -> dict[str, int]:
+    """Bytes of the file by kind: ``binary_weights`` (bit-packed LceBconv2d filters),
+    ``int8_weights``, ``float_weights`` (float32 constants), ``other`` (the rest: int32
+    biases and shapes, graph structure, metadata) and ``total``."""
+    model = load_model_t(flatbuffer)
+    sub = model.subgraphs[0]
+    binary_inputs = {
+        op.inputs[1]
+        for op in sub.operators
+        if _op_name(model, op.opcodeIndex) == "LceBconv2d" and len(op.inputs) > 1
+    }
+    sizes = {"binary_weights": 0, "int8_weights": 0, "float_weights": 0}
+    seen = set()
+    for i, tensor in enumerate(sub.tensors):
+        n = _buffer_bytes(model, tensor.buffer)
+        if not n or tensor.buffer in seen:
+            continue
+        seen.add(tensor.buffer)
+        if i in binary_inputs:
+            sizes["binary_weights"] += n
+        elif tensor.type == _INT8:
+            sizes["int8_weights"] += n
+        elif tensor.type == _FLOAT32:
+            sizes["float_weights"] += n
+    sizes["total"] = len(flatbuffer)
+    sizes["other"] = sizes["total"] - sum(
+        sizes[k] for k in ("binary_weights", "int8_weights", "float_weights")
+    )
+    return sizes
+
+
+def compute_ops(flatbuffer: bytes) -> list[dict]:
+    """The convolution and fully connected ops in execution order, each as a dict with
+    ``op``, ``weight_shape`` (output channels, kh, kw, input channels; a fully connected
+    op's ``(units, C)`` reads as ``(units, 1, 1, C)``), ``input_type`` and ``weight_type``
+    (TFLite tensor type names)."""
+    model = load_model_t(flatbuffer)
+    sub = model.subgraphs[0]
+    names = {v: k for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
+    out = []
+    for op in sub.operators:
+        name = _op_name(model, op.opcodeIndex)
+        if name not in _COMPUTE_OPS or len(op.inputs) < 2:
+            continue
+        x, w = sub.tensors[op.inputs[0]], sub.tensors[op.inputs[1]]
+        shape = [int(d) for d in w.shape]
+        if name == "FULLY_CONNECTED" and len(shape) == 2:
+            shape = [shape[0], 1, 1, shape[1]]
+        elif name == "DEPTHWISE_CONV_2D":
+            shape = [shape[3], shape[1], shape[2], 1]
+        elif name == "LceBconv2d":
+            # bit-packed filter (O, kh, kw, ceil(C/32)): the input tensor tells C
+            cin = int(x.shape[-1]) if x.type != _INT32 else None
+            shape = [shape[0], shape[1], shape[2], cin]
+        out.append(
+            {
+                "op": name,
+                "weight_shape": shape,
+                "input_type": names.get(x.type, str(x.type)),
+                "weight_type": names.get(w.type, str(w.type)),
+            }
+        )
+    return out
+
+
+def io_details(flatbuffer: bytes) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of the main subgraph: ``shape``, ``type`` and int8 ``scale`` /
+    ``zero_point`` (None for float tensors)."""
+    model = load_model_t(flatbuffer)
+    sub = model.subgraphs[0]
+    names = {v: k for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
+
+    def detail(i):
+        t = sub.tensors[i]
+        q = t.quantization
+        scale = (
+            float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else None
+        )
+        zp = int(q.zeroPoint[0]) if scale is not None and q.zeroPoint is not None else None
+        return {
+            "shape": [int(d) for d in t.shape],
+            "type": names.get(t.type, str(t.type)),
+            "scale": scale,
+            "zero_point": zp,
+        }
+
+    return [detail(i) for i in sub.inputs], [detail(i) for i in sub.outputs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running and parity
+
+
+def run(flatbuffer: bytes, inputs, *, num_threads: int = 1) -> list[np.ndarray]:
+    """Run the flatbuffer with LCE's interpreter (indirect BGEMM kernels) on float inputs;
+    int8 inputs and outputs are quantized / dequantized with the tensors' parameters.
+    Returns the outputs as float32 arrays."""
+    from larq_compute_engine.tflite.python.interpreter import Interpreter
+
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    ins, outs = io_details(flatbuffer)
+    feed = []
+    for x, d in zip(inputs, ins):
+        x = np.asarray(x, np.float32)
+        if d["type"] == "INT8":
+            x = np.clip(np.round(x / d["scale"]) + d["zero_point"], -128, 127).astype(np.int8)
+        feed.append(x)
+    interpreter = Interpreter(flatbuffer, num_threads=num_threads, use_indirect_bgemm=True)
+    result = interpreter.predict(feed if len(feed) > 1 else feed[0])
+    result = list(result) if isinstance(result, (list, tuple)) else [result]
+    out = []
+    for y, d in zip(result, outs):
+        y = np.asarray(y)
+        if d["type"] == "INT8":
+            y = (y.astype(np.float32) - d["zero_point"]) * d["scale"]
+        out.append(y.astype(np.float32))
+    return out
+
+
+def random_inputs(model, samples: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Standard-normal inputs of the model's input shapes (batch of ``samples``)."""
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(size=(samples, *[int(d) for d in t.shape[1:]])).astype(np.float32)
+        for t in model.inputs
+    ]
+
+
+def parity(flatbuffer: bytes, model, inputs=None, *, samples: int = 8, seed: int = 0) -> dict:
+    """Compare the flatbuffer (LCE interpreter) with the Keras model on ``inputs`` (default:
+    ``samples`` standard-normal inputs).
+
+    Returns:
+        ``max_abs_diff``, ``mean_abs_diff``, ``output_scale`` (max |Keras output|),
+        ``relative_max_diff`` (max_abs_diff / output_scale), ``argmax_agreement`` (fraction of
+        samples whose argmax over the last axis agrees, for outputs with more than one
+        value per sample), ``samples`` and ``inputs`` (``"given"`` or ``"random"``).
+    """
+    given = inputs is not None
+    if not given:
+        inputs = random_inputs(model, samples, seed)
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    expected = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    actual = run(flatbuffer, inputs)
+    diffs, scales, agree, total = [], [], 0, 0
+    for e, a in zip(expected, actual):
+        e = np.asarray(e, np.float32)
+        a = a.reshape(e.shape)
+        diffs.append(np.abs(e - a))
+        scales.append(float(np.abs(e).max()))
+        if e.ndim >= 2 and e.shape[-1] > 1:
+            ea = e.reshape(-1, e.shape[-1]).argmax(-1)
+            aa = a.reshape(-1, a.shape[-1]).argmax(-1)
+            agree += int(np.sum(ea == aa))
+            total += ea.size
+    max_diff = float(max(d.max() for d in diffs))
+    scale = max(scales)
+    return {
+        "max_abs_diff": max_diff,
+        "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
+        "output_scale": scale,
+        "relative_max_diff": max_diff / scale if scale else max_diff,
+        "argmax_agreement": (agree / total) if total else None,
+        "samples": int(inputs[0].shape[0]),
+        "inputs": "given" if given else "random",
+    }

@@ -1,0 +1,565 @@
+"""Keras model -> Larq Compute Engine TFLite flatbuffer, with a report and clear errors.
+
+Example:
+
+>>> import tfquant
+>>> from tfquant.converters import convert, convert_with_report
+>>> flatbuffer = convert(model)                                   # doctest: +SKIP
+>>> flatbuffer, report = convert_with_report("model.keras")      # doctest: +SKIP
+>>> print(report.text())                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tfquant.converters import inspect as _inspect
+from tfquant.converters import rewrite as _rewrite
+
+from tfquant._keras import keras, tf
+
+__all__ = [
+    "ConversionError",
+    "LayerNotBinaryError",
+    "LayerReport",
+    "ConversionReport",
+    "load_model",
+    "convert",
+    "convert_with_report",
+    "write_atomic",
+]
+
+_TARGETS = ("arm", "xcore")
+
+
+class ConversionError(ValueError):
+    """The model cannot be converted: bad input, a model LCE cannot take, or a layer that
+    did not get the kernel its quantizers ask for. The message says which and why."""
+
+
+class LayerNotBinaryError(ConversionError):
+    """A layer declared binary (1-bit inputs and kernel) did not become ``LceBconv2d``."""
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """What one tfquant layer became in the flatbuffer.
+
+    Attributes:
+        name, kind: the layer's name and class.
+        declared: ``"binary"``, ``"k-bit"`` or ``"float"`` (from its quantizers).
+        became: ``"binary"`` (LceBconv2d), ``"int8"``, ``"float"`` or ``"absent"`` (no
+            matching op was found).
+        ops: the TFLite ops attributed to the layer.
+        rewrite: the rewrite applied before LCE, if any.
+        exact: for int8 layers, whether every weight and input level is an exact code.
+        reason: why the layer did not become its declared kernel, where it did not.
+    """
+
+    name: str
+    kind: str
+    declared: str
+    became: str
+    ops: list[str]
+    rewrite: str | None = None
+    exact: bool | None = None
+    reason: str | None = None
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """The conversion report: ops, per-layer outcome, sizes, parity, timings, notes."""
+
+    ops: dict[str, int]
+    layers: list[LayerReport]
+    sizes: dict[str, float]
+    parity: dict[str, Any] | None
+    options: dict[str, Any]
+    seconds: dict[str, float]
+    notes: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+    def text(self) -> str:
+        """A short human summary."""
+        s = self.sizes
+        lines = [
+            "ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.ops.items())),
+            f"size: {s['total'] / 1024:.1f} KiB (bit-packed weights {s['binary_weights'] / 1024:.1f}, "
+            f"int8 weights {s['int8_weights'] / 1024:.1f}, float weights "
+            f"{s['float_weights'] / 1024:.1f}, other {s['other'] / 1024:.1f}); ideal bit-packed "
+            f"{s['ideal_bitpacked'] / 1024:.1f} KiB",
+        ]
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            counts[layer.became] = counts.get(layer.became, 0) + 1
+        lines.append(
+            f"tfquant layers: {len(self.layers)} ("
+            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+            + ")"
+        )
+        for layer in self.layers:
+            if layer.reason:
+                lines.append(f"  {layer.name} ({layer.declared}) -> {layer.became}: {layer.reason}")
+        if self.parity:
+            p = self.parity
+            agree = p["argmax_agreement"]
+            lines.append(
+                f"parity vs Keras ({p['samples']} {p['inputs']} inputs): max |diff| "
+                f"{p['max_abs_diff']:.3g} (output scale {p['output_scale']:.3g})"
+                + ("" if agree is None else f", argmax agreement {100 * agree:.1f}%")
+            )
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Load a Keras model (``.keras``, ``.h5``, or a SavedModel directory) with tfquant's
+    custom objects.
+
+    Raises:
+        ConversionError: the path does not exist or does not hold a Keras model.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConversionError(f"Model not found: {path!r} (no such file or directory)")
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise ConversionError(
+                f"{path!r} is a directory without saved_model.pb: expected a SavedModel "
+                "directory, a .keras file or a .h5 file"
+            )
+    elif not path.endswith((".keras", ".h5", ".hdf5")):
+        raise ConversionError(
+            f"Expected a .keras or .h5 file or a SavedModel directory. Received: {path!r}"
+        )
+    try:
+        with _quiet():
+            model = keras.models.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types here
+        raise ConversionError(f"Could not load {path!r} as a Keras model: {_first_line(e)}") from e
+    if not isinstance(model, keras.Model):
+        raise ConversionError(
+            f"{path!r} holds a {type(model).__name__}, not a Keras model (a SavedModel "
+            "without Keras metadata: convert it with larq_compute_engine.convert_saved_model)"
+        )
+    if os.path.isdir(path) and _has_revived_tfquant_layers(model):
+        model = _saved_model_from_config(path)
+    return model
+
+
+def _has_revived_tfquant_layers(model: keras.Model) -> bool:
+    from tfquant.layers import QuantizerMixin
+
+    return any(
+        type(layer).__name__.startswith("tfquant>") and not isinstance(layer, QuantizerMixin)
+        for layer in _leaf_layers(model)
+    )
+
+
+def _strip_registered_quantizer_names(config: Any) -> Any:
+    # The legacy SavedModel metadata writes nested quantizers as {"class_name":
+    # "tfquant>SteSign", ...}, which tfquant.quantizers.get does not resolve, so Keras
+    # revives the layers as generic ones without their quantizers. Give them plain names.
+    from tfquant import quantizers
+
+    if isinstance(config, dict):
+        out = {k: _strip_registered_quantizer_names(v) for k, v in config.items()}
+        name = out.get("class_name")
+        if isinstance(name, str) and name.startswith("tfquant>"):
+            short = name.split(">", 1)[1]
+            if short in quantizers._CLASSES:
+                out["class_name"] = short
+        return out
+    if isinstance(config, list):
+        return [_strip_registered_quantizer_names(v) for v in config]
+    return config
+
+
+def _saved_model_from_config(path: str) -> keras.Model:
+    """Rebuild a Keras SavedModel from its stored config and checkpoint (for tfquant layers
+    that Keras' SavedModel loader could only revive as generic layers)."""
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    try:
+        metadata = saved_metadata_pb2.SavedMetadata()
+        with open(os.path.join(path, "keras_metadata.pb"), "rb") as f:
+            metadata.ParseFromString(f.read())
+        root = json.loads(next(n for n in metadata.nodes if n.node_path == "root").metadata)
+        spec = {"class_name": root["class_name"], "config": root["config"]}
+        with _quiet():
+            model = keras.models.model_from_json(
+                json.dumps(_strip_registered_quantizer_names(spec))
+            )
+            model.load_weights(os.path.join(path, "variables", "variables")).expect_partial()
+    except Exception as e:  # many failure types: protobuf, JSON, Keras
+        raise ConversionError(
+            f"Could not restore the tfquant layers of the SavedModel {path!r}: {_first_line(e)}; "
+            "save the model as .keras instead"
+        ) from e
+    return model
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _native_stderr_to(buffer: list[str]) -> Iterator[None]:
+    """Send file descriptor 2 (the MLIR converter's C++ logs) to ``buffer``."""
+    try:
+        fd = os.dup(2)
+    except OSError:  # no real stderr (embedded interpreters)
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+            tmp.seek(0)
+            buffer.append(tmp.read().decode(errors="replace"))
+
+
+def _lce_error_message(error: BaseException, log: str) -> str:
+    text = f"{error}\n{log}"
+    useful = [
+        line.strip()
+        for line in text.splitlines()
+        if any(k in line for k in ("error:", "Error", "not supported", "None is only"))
+    ]
+    detail = "; ".join(dict.fromkeys(useful))[:800] or _first_line(error)
+    return f"Larq Compute Engine could not convert the model: {detail}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribution of ops to layers
+
+
+def _signature(layer: keras.layers.Layer) -> tuple[int, int, int, int] | None:
+    kernel = getattr(layer, "depthwise_kernel", None)
+    if kernel is not None:
+        kh, kw, cin, mult = kernel.shape
+        return (int(cin * mult), int(kh), int(kw), 1)
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        return None
+    shape = [int(d) for d in kernel.shape]
+    if len(shape) == 2:
+        return (shape[1], 1, 1, shape[0])
+    if len(shape) == 4:
+        return (shape[3], shape[0], shape[1], shape[2])
+    return None
+
+
+def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    out = []
+    for layer in model.layers:
+        out.extend(_leaf_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return out
+
+
+def _attribute(model: keras.Model, flatbuffer: bytes) -> dict[str, list[dict]]:
+    """Match the flatbuffer's compute ops, in execution order, to the model's layers with
+    the same weight shape (output channels, kh, kw, input channels)."""
+    candidates = [(layer.name, _signature(layer)) for layer in _leaf_layers(model)]
+    candidates = [(n, s) for n, s in candidates if s is not None]
+    matched: dict[str, list[dict]] = {}
+    used: set[str] = set()
+    for op in _inspect.compute_ops(flatbuffer):
+        shape = op["weight_shape"]
+        for name, sig in candidates:
+            if name in used:
+                continue
+            if all(a is None or a == b for a, b in zip(shape, sig)):
+                matched.setdefault(name, []).append(op)
+                used.add(name)
+                break
+    return matched
+
+
+def _became(ops: list[dict]) -> str:
+    if not ops:
+        return "absent"
+    if any(o["op"] == "LceBconv2d" for o in ops):
+        return "binary"
+    if any(o["weight_type"] == "INT8" for o in ops):
+        return "int8"
+    return "float"
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+
+
+def _dtype(value: Any, what: str) -> tf.DType:
+    if isinstance(value, str):
+        value = {"float32": tf.float32, "int8": tf.int8}.get(value, value)
+    if value not in (tf.float32, tf.int8):
+        raise ConversionError(f"Expected {what} tf.float32 or tf.int8. Received: {value!r}")
+    return value
+
+
+def convert_with_report(
+    model_or_path: keras.Model | str | os.PathLike,
+    *,
+    target: str = "arm",
+    inference_input_type: tf.DType | str = tf.float32,
+    inference_output_type: tf.DType | str = tf.float32,
+    int8: str | list[str] = "auto",
+    calibration_data: Any = None,
+    allow_float: bool = False,
+    rewrite: bool = True,
+    verify: bool = True,
+    parity_inputs: Any = None,
+    parity_samples: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[bytes, ConversionReport]:
+    """Convert a tfquant Keras model through Larq Compute Engine and report what it became.
+
+    Args:
+        model_or_path: a Keras model, or the path of a ``.keras`` / ``.h5`` file or a
+            SavedModel directory.
+        target: ``"arm"`` or ``"xcore"`` (LCE's targets).
+        inference_input_type, inference_output_type: ``tf.float32`` or ``tf.int8`` (int8
+            needs a model whose input / output is quantized, e.g. an int8 first layer).
+        int8: ``"auto"``: ternary and k-bit (2 to 8 bit) layers become int8 kernels whose
+            codes are the trained levels exactly; ``"none"``: they stay float32 (LCE's own
+            behaviour); or a list of layer names to export as int8.
+        calibration_data: representative inputs for int8 activation ranges; ``None`` uses
+            random standard-normal inputs (a note in the report says so).
+        allow_float: accept layers declared binary that did not become ``LceBconv2d``;
+            otherwise they raise :class:`LayerNotBinaryError`.
+        rewrite: apply the rewrites of :mod:`tfquant.converters.rewrite` (binary Dense as a
+            1x1 binary conv, int8 export). ``False`` converts the model as it is.
+        verify: run the flatbuffer in LCE's interpreter against the Keras model.
+        parity_inputs: inputs for the parity check (default: ``parity_samples`` random ones).
+        progress: called with a short message as each step starts.
+
+    Returns:
+        ``(flatbuffer, report)``.
+
+    Raises:
+        ConversionError: bad input, a model LCE cannot convert, or (unless ``allow_float``)
+            a binary layer that stays float; the message names the layer and the reason.
+    """
+    say = progress or (lambda message: None)
+    seconds: dict[str, float] = {}
+    if target not in _TARGETS:
+        raise ConversionError(f"Expected target in {_TARGETS}. Received: target={target!r}")
+    in_type = _dtype(inference_input_type, "inference_input_type")
+    out_type = _dtype(inference_output_type, "inference_output_type")
+    if not (int8 in ("auto", "none") or isinstance(int8, (list, tuple))):
+        raise ConversionError(
+            f"Expected int8 'auto', 'none' or a list of layer names. Received: int8={int8!r}"
+        )
+
+    t = time.perf_counter()
+    if isinstance(model_or_path, keras.Model):
+        model = model_or_path
+    elif isinstance(model_or_path, (str, os.PathLike)):
+        say(f"loading {os.fspath(model_or_path)}")
+        model = load_model(model_or_path)
+    else:
+        raise ConversionError(
+            "Expected a Keras model or the path of a .keras / .h5 file or SavedModel "
+            f"directory. Received: {type(model_or_path).__name__}"
+        )
+    if not model.built or not model.inputs:
+        raise ConversionError(
+            f"Expected a built model with known inputs. Received: {model.name!r}; call it on "
+            "data or build it from keras.Input first"
+        )
+    seconds["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("planning and rewriting layers")
+    plans = _rewrite.plan_layers(model, int8 if rewrite else "none")
+    notes: list[str] = []
+    if rewrite:
+        try:
+            deploy, notes = _rewrite.rewrite_model(model, plans, calibration_data=calibration_data)
+        except ValueError as e:
+            raise ConversionError(f"Could not rewrite the model: {e}") from e
+    else:
+        deploy = model
+        for p in plans:
+            if p.rewrite:
+                p.target, p.rewrite = "float", None
+                p.reason = p.reason or "rewrites disabled (rewrite=False)"
+    seconds["rewrite"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("converting with Larq Compute Engine")
+    import larq_compute_engine as lce
+
+    log: list[str] = []
+    try:
+        with _quiet(), _native_stderr_to(log):
+            flatbuffer = lce.convert_keras_model(
+                deploy,
+                inference_input_type=in_type,
+                inference_output_type=out_type,
+                target=target,
+            )
+    except Exception as e:  # the MLIR converter raises several types
+        raise ConversionError(_lce_error_message(e, "".join(log))) from e
+    seconds["convert"] = time.perf_counter() - t
+
+    matched = _attribute(model, flatbuffer)
+    layers = []
+    for p in plans:
+        ops = matched.get(p.name, [])
+        became = _became(ops)
+        reason = p.reason
+        if became != "binary" and p.declared == "binary" and reason is None:
+            reason = "LCE did not match its binary convolution pattern (shared/LCE.md)"
+        if p.target == "int8" and became != "int8" and reason is None:
+            reason = "LCE kept the fake-quantized layer in float"
+        if became == p.declared or (p.declared == "k-bit" and became == "int8"):
+            reason = None
+        layers.append(
+            LayerReport(
+                name=p.name,
+                kind=p.kind,
+                declared=p.declared,
+                became=became,
+                ops=[o["op"] + ("(int8)" if o["weight_type"] == "INT8" else "") for o in ops],
+                rewrite=p.rewrite,
+                exact=p.exact,
+                reason=reason,
+            )
+        )
+    not_binary = [r for r in layers if r.declared == "binary" and r.became != "binary"]
+    if not_binary and not allow_float:
+        detail = "; ".join(f"{r.name!r} ({r.kind}): {r.reason}" for r in not_binary)
+        raise LayerNotBinaryError(
+            f"{len(not_binary)} layer(s) declared binary did not become a binary kernel "
+            f"(LceBconv2d): {detail}. Pass allow_float=True (--allow-float) to accept float "
+            "kernels for them"
+        )
+    if not_binary:
+        notes.append(f"{len(not_binary)} binary layer(s) kept as float (allow_float)")
+
+    from tfquant.models import summary
+
+    sizes: dict[str, float] = dict(_inspect.size_breakdown(flatbuffer))
+    sizes["ideal_bitpacked"] = summary(model, print_fn=None).memory_bytes
+
+    report_parity = None
+    if verify:
+        t = time.perf_counter()
+        say("checking parity with LCE's interpreter")
+        report_parity = _inspect.parity(flatbuffer, model, parity_inputs, samples=parity_samples)
+        seconds["verify"] = time.perf_counter() - t
+    report = ConversionReport(
+        ops=_inspect.op_counts(flatbuffer),
+        layers=layers,
+        sizes=sizes,
+        parity=report_parity,
+        options={
+            "target": target,
+            "inference_input_type": in_type.name,
+            "inference_output_type": out_type.name,
+            "int8": int8 if isinstance(int8, str) else list(int8),
+            "allow_float": allow_float,
+            "rewrite": rewrite,
+        },
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        notes=notes,
+    )
+    return flatbuffer, report
+
+
+def convert(
+    model_or_path: keras.Model | str | os.PathLike,
+    *,
+    target: str = "arm",
+    inference_input_type: tf.DType | str = tf.float32,
+    inference_output_type: tf.DType | str = tf.float32,
+    int8: str | list[str] = "auto",
+    calibration_data: Any = None,
+    allow_float: bool = False,
+    rewrite: bool = True,
+) -> bytes:
+    """Convert a tfquant Keras model to an LCE TFLite flatbuffer (bytes).
+
+    Same arguments as :func:`convert_with_report` (without the parity check).
+
+    Raises:
+        ConversionError: see :func:`convert_with_report`.
+    """
+    flatbuffer, _ = convert_with_report(
+        model_or_path,
+        target=target,
+        inference_input_type=inference_input_type,
+        inference_output_type=inference_output_type,
+        int8=int8,
+        calibration_data=calibration_data,
+        allow_float=allow_float,
+        rewrite=rewrite,
+        verify=False,
+    )
+    return flatbuffer
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and
+    ``os.replace``, so ``path`` is either absent/unchanged or complete.
+
+    Raises:
+        ConversionError: the directory does not exist or is not writable.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConversionError(f"Cannot write {path!r}: it is a directory")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tfquant-", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise ConversionError(f"Cannot write {path!r}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ConversionError(f"Cannot write {path!r}: {e.strerror or e}") from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,449 @@
+"""Graph rewrites before Larq Compute Engine: go past two of its limits.
+
+* LCE issue 53: a binary ``QuantDense`` stays a float ``FULLY_CONNECTED``. It is rebuilt as
+  reshape ``(B, C) -> (B, 1, 1, C)`` of the float input, the layer's sign, a 1x1 VALID
+  convolution with the kernel reshaped to ``(1, 1, C, units)`` and a reshape back, which LCE
+  turns into ``LceQuantize`` + ``LceBconv2d`` (shared/LCE.md).
+* LCE issue 806: ternary and k-bit (k <= 8) weights stay float32. Such layers are rebuilt
+  with fake-quant ops on the kernel (per output channel), the input and the output, with
+  ranges chosen so that every trained level is an exact int8 code; LCE then emits int8
+  kernels.
+
+The rewrite builds a new Keras model (``keras.models.clone_model`` with replaced layers and
+copied weights); the user's model is never modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from tfquant import quantizers
+from tfquant._keras import keras, tf
+from tfquant.layers import QuantConv2D, QuantDense, QuantDepthwiseConv2D, QuantizerMixin
+
+__all__ = [
+    "LayerPlan",
+    "plan_layers",
+    "rewrite_model",
+    "effective_kernel",
+    "binary_kernel_problem",
+    "int8_weight_scales",
+]
+
+# LCE accepts a filter as binary when every weight of channel o is +-alpha_o within 0.5%.
+_BINARY_RTOL = 5e-3
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """What the converter intends for one tfquant layer, before LCE runs.
+
+    Attributes:
+        name: the layer's name.
+        kind: its class name.
+        declared: ``"binary"`` (1-bit inputs and kernel), ``"k-bit"`` (kernel of 2 to 8
+            bits), or ``"float"``.
+        target: ``"binary"``, ``"int8"`` or ``"float"``: the kernel LCE should emit.
+        rewrite: ``None`` or the rewrite applied (``"dense_as_bconv"``, ``"int8"``).
+        reason: why the target is not the declared precision's kernel, if it is not.
+        exact: for int8, whether every weight and input level is an exact int8 code.
+    """
+
+    name: str
+    kind: str
+    declared: str
+    target: str
+    rewrite: str | None = None
+    reason: str | None = None
+    exact: bool | None = None
+
+
+def effective_kernel(layer: QuantizerMixin) -> np.ndarray:
+    """The kernel the layer's forward pass uses, ``g * Q(w) + (1 - g) * w``, as numpy."""
+    return np.asarray(layer.quantize_kernel(layer.kernel_variable), dtype=np.float32)
+
+
+def _declared(layer: QuantizerMixin) -> str:
+    if layer.kernel_quantizer is None:
+        return "float"
+    if layer.kernel_precision == 1 and layer.input_precision == 1:
+        return "binary"
+    if layer.kernel_precision <= 8:
+        return "k-bit"
+    return "float"
+
+
+def binary_kernel_problem(kernel: np.ndarray) -> str | None:
+    """Why LCE would not take ``kernel`` (last axis = output channel) as a binary filter:
+    ``None`` when every weight of channel ``o`` is ``+-alpha_o`` within 0.5%."""
+    mat = np.abs(kernel.reshape(-1, kernel.shape[-1]))
+    alpha = mat.max(axis=0)
+    zeros = int(np.sum(mat == 0))
+    if zeros:
+        return f"kernel has {zeros} zero weights, so it is not +-alpha per output channel"
+    spread = (alpha - mat.min(axis=0)) / np.maximum(alpha, 1e-30)
+    if np.any(spread > _BINARY_RTOL):
+        bad = int(np.sum(spread > _BINARY_RTOL))
+        return (
+            f"kernel is not +-alpha per output channel in {bad} of {mat.shape[1]} channels "
+            f"(|w| varies up to {100 * float(spread.max()):.1f}% within a channel; run "
+            "tfquant.finalize or check the kernel gate)"
+        )
+    return None
+
+
+def _input_is_sign(layer: QuantizerMixin) -> bool:
+    q = layer.input_quantizer
+    return q is not None and q.precision == 1 and tuple(q.levels or ()) == (-1.0, 1.0)
+
+
+def _binary_problem(layer: QuantizerMixin) -> str | None:
+    if isinstance(layer, QuantDepthwiseConv2D):
+        return "LCE has no binary depthwise convolution kernel"
+    if not _input_is_sign(layer) or getattr(layer.input_quantizer, "scaled", False):
+        return "its input quantizer is not a plain sign (levels -1, +1)"
+    problem = binary_kernel_problem(effective_kernel(layer))
+    if problem:
+        return problem
+    if isinstance(layer, QuantDense):
+        shape = _input_shape(layer)
+        if shape is not None and len(shape) != 2:
+            return f"binary Dense on a rank-{len(shape)} input; only rank 2 is rewritten"
+    if isinstance(layer, QuantConv2D) and layer.groups != 1:
+        cin = effective_kernel(layer).shape[2]
+        if cin % 32:
+            return (
+                f"grouped binary convolution needs input channels per group % 32 == 0 (has {cin})"
+            )
+    return None
+
+
+def _input_shape(layer: keras.layers.Layer) -> tuple | None:
+    try:
+        shape = layer.input_shape
+    except (AttributeError, RuntimeError):
+        return None
+    return tuple(shape) if not isinstance(shape, list) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# int8: ranges that make trained levels exact codes
+
+
+def _level_step(levels: tuple[float, ...]) -> float | None:
+    """The grid step of normalised levels (max |level| = 1), or None for no finite grid."""
+    if not levels:
+        return None
+    values = sorted(set(float(v) for v in levels))
+    top = max(abs(v) for v in values)
+    if top == 0:
+        return None
+    gaps = [b - a for a, b in zip(values, values[1:]) if b - a > 1e-9]
+    step = min(gaps) / top
+    # every level must be an integer multiple of the step (DoReFa: (2j - n)/n, step 2/n)
+    return step if all(abs(v / top / step - round(v / top / step)) < 1e-6 for v in values) else None
+
+
+def int8_weight_scales(kernel: np.ndarray, quantizer) -> tuple[np.ndarray, bool]:
+    """Per-output-channel int8 scales ``s_o`` (symmetric, narrow range) with which every
+    weight of ``kernel`` (last axis = output channel) is an integer code in [-127, 127].
+
+    With the quantizer's level grid of step ``d`` (relative to the largest level
+    ``alpha_o``): ``s_o = alpha_o * d / m`` for the largest integer ``m`` with
+    ``alpha_o / s_o <= 127``. Ternary: codes {-127, 0, 127}; 2-bit DoReFa: {+-42, +-126}.
+
+    Returns:
+        ``(scales, exact)``: ``exact`` tells whether ``kernel / scales`` are all integers.
+    """
+    mat = kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
+    alpha = np.abs(mat).max(axis=0)
+    step = _level_step(tuple(getattr(quantizer, "levels", ()) or ()))
+    if step is None:  # no known grid: plain symmetric int8
+        scales = alpha / 127.0
+    else:
+        m = max(1, math.floor(127.0 / (1.0 / step) + 1e-9))
+        scales = alpha * step / m
+    scales = np.where(alpha > 0, scales, 1.0)
+    codes = mat / scales
+    exact = bool(np.all(np.abs(codes - np.round(codes)) <= 1e-3) and np.abs(codes).max() <= 127.5)
+    return scales.astype(np.float32), exact
+
+
+def _activation_range(quantizer) -> tuple[float, float, bool] | None:
+    """An exact int8 range ``(min, max, narrow_range)`` for a quantizer's output levels, or
+    None when the levels are data dependent (scaled) or unknown."""
+    if quantizer is None or getattr(quantizer, "scaled", False):
+        return None
+    levels = tuple(getattr(quantizer, "levels", ()) or ())
+    step = _level_step(levels)
+    if step is None:
+        return None
+    lo, hi = min(levels), max(levels)
+    top = max(abs(lo), abs(hi))
+    if lo < 0:  # symmetric levels: narrow range, codes -127..127, zero at code 0
+        m = max(1, math.floor(127.0 / (1.0 / step) + 1e-9))
+        s = top * step / m
+        return -127.0 * s, 127.0 * s, True
+    # levels in [0, top]: full range, 255 steps from 0
+    m = max(1, math.floor(255.0 / (1.0 / step) + 1e-9))
+    s = top * step / m
+    return 0.0, 255.0 * s, False
+
+
+def _int8_problem(layer: QuantizerMixin) -> str | None:
+    if isinstance(layer, QuantDepthwiseConv2D):
+        return "int8 export of depthwise convolutions is not implemented"
+    if isinstance(layer, QuantConv2D) and layer.groups != 1:
+        return "int8 export of grouped convolutions is not implemented"
+    if isinstance(layer, QuantDense):
+        shape = _input_shape(layer)
+        if shape is not None and len(shape) != 2:
+            return f"int8 export of Dense on a rank-{len(shape)} input is not implemented"
+    return None
+
+
+def plan_layers(model: keras.Model, int8: str | list[str] = "auto") -> list[LayerPlan]:
+    """Decide per tfquant layer what kernel to aim for, and why not where not.
+
+    Args:
+        model: a built Keras model.
+        int8: ``"auto"``: ternary and k-bit (2 to 8) layers become int8; ``"none"``: they
+            stay float as LCE leaves them; a list of layer names: those layers become int8.
+    """
+    from tfquant.models import quantized_layers
+
+    plans = []
+    for layer in quantized_layers(model):
+        declared = _declared(layer)
+        plan = LayerPlan(layer.name, type(layer).__name__, declared, "float")
+        if declared == "binary":
+            problem = _binary_problem(layer)
+            if problem is None:
+                plan.target = "binary"
+                if isinstance(layer, QuantDense):
+                    plan.rewrite = "dense_as_bconv"
+            else:
+                plan.reason = problem
+        wants_int8 = (int8 == "auto" and declared == "k-bit") or (
+            isinstance(int8, (list, tuple)) and layer.name in int8
+        )
+        if plan.target == "float" and wants_int8:
+            problem = _int8_problem(layer)
+            if problem is None:
+                plan.target, plan.rewrite = "int8", "int8"
+            elif plan.reason is None:
+                plan.reason = problem
+        elif plan.target == "float" and declared == "k-bit" and plan.reason is None:
+            plan.reason = "int8 export not requested (int8='none'); LCE keeps k-bit weights float32"
+        plans.append(plan)
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------
+# Deploy layers (conversion-only: built from an existing layer's values, not serializable)
+
+
+class _FromLayer(keras.layers.Layer):
+    """Base of deploy layers: constant tensors taken from a trained layer."""
+
+    def __init__(self, source: QuantizerMixin, **kwargs: Any) -> None:
+        super().__init__(name=source.name, trainable=False, **kwargs)
+        self.input_quantizer = quantizers.get(quantizers.serialize(source.input_quantizer))
+        self.activation = keras.activations.get(source.activation)
+        self._bias = None if not source.use_bias else np.asarray(source.bias.numpy())
+
+    def _finish(self, outputs):
+        if self._bias is not None:
+            outputs = tf.nn.bias_add(outputs, tf.constant(self._bias))
+        return self.activation(outputs) if self.activation is not None else outputs
+
+
+class BinaryDenseAsConv(_FromLayer):
+    """A binary ``QuantDense`` as reshape -> sign -> 1x1 VALID conv -> reshape (LCE issue 53)."""
+
+    def __init__(self, source: QuantDense, **kwargs: Any) -> None:
+        super().__init__(source, **kwargs)
+        kernel = effective_kernel(source)
+        self._kernel = kernel.reshape(1, 1, *kernel.shape)
+        self.units = kernel.shape[1]
+
+    def call(self, inputs):
+        x = tf.reshape(inputs, (-1, 1, 1, self._kernel.shape[2]))  # float input, before sign
+        x = self.input_quantizer(x)
+        x = tf.nn.conv2d(x, tf.constant(self._kernel), strides=1, padding="VALID")
+        return self._finish(tf.reshape(x, (-1, self.units)))
+
+
+class Int8Layer(_FromLayer):
+    """A ternary / k-bit conv or dense layer with fake-quant ops LCE turns into int8 kernels.
+
+    Weights: per-channel fake quant with ranges from :func:`int8_weight_scales`; input: the
+    layer's own quantizer followed by a fake quant of its exact level range (or a calibrated
+    range for float inputs); output: a calibrated range.
+    """
+
+    def __init__(
+        self,
+        source: QuantizerMixin,
+        input_range: tuple[float, float, bool],
+        output_range: tuple[float, float],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(source, **kwargs)
+        self._kernel = effective_kernel(source)
+        scales, self.exact = int8_weight_scales(self._kernel, source.kernel_quantizer)
+        self._wmin, self._wmax = -127.0 * scales, 127.0 * scales
+        self.input_range = input_range
+        self.output_range = output_range
+        self._conv = None
+        if isinstance(source, QuantConv2D):
+            self._conv = dict(
+                strides=list(source.strides),
+                dilations=list(source.dilation_rate),
+                padding=source.padding.upper(),
+                one_padding=source._uses_one_padding(),
+                kernel_size=source.kernel_size,
+                pad_values=source.pad_values,
+            )
+
+    def call(self, inputs):
+        x = inputs if self.input_quantizer is None else self.input_quantizer(inputs)
+        lo, hi, narrow = self.input_range
+        x = tf.quantization.fake_quant_with_min_max_args(x, lo, hi, num_bits=8, narrow_range=narrow)
+        w = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            tf.constant(self._kernel),
+            tf.constant(self._wmin),
+            tf.constant(self._wmax),
+            num_bits=8,
+            narrow_range=True,
+        )
+        if self._conv is None:
+            y = tf.matmul(x, w)
+        else:
+            c = self._conv
+            padding = c["padding"]
+            if c["one_padding"]:
+                paddings = [[0, 0]]
+                for axis, (k, s, d) in enumerate(
+                    zip(c["kernel_size"], c["strides"], c["dilations"]), start=1
+                ):
+                    from tfquant.layers import same_padding
+
+                    paddings.append(list(same_padding(int(x.shape[axis]), k, s, d)))
+                paddings.append([0, 0])
+                x = tf.pad(x, paddings, constant_values=c["pad_values"])
+                padding = "VALID"
+            y = tf.nn.convolution(
+                x, w, strides=c["strides"], padding=padding, dilations=c["dilations"]
+            )
+        y = self._finish(y)
+        lo, hi = self.output_range
+        return tf.quantization.fake_quant_with_min_max_args(y, lo, hi, num_bits=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration and the model rewrite
+
+
+def _calibration_inputs(model: keras.Model, data: Any, samples: int, seed: int) -> list:
+    if data is not None:
+        return data if isinstance(data, (list, tuple)) else [data]
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(size=(samples, *[int(d) for d in shape[1:]])).astype(np.float32)
+        for shape in (tuple(t.shape) for t in model.inputs)
+    ]
+
+
+def _layer_io_ranges(model: keras.Model, layers: list, inputs: list) -> dict:
+    """(input min, input max, output min, output max) of each layer on ``inputs``."""
+    tensors = []
+    for layer in layers:
+        tensors += [layer.input, layer.output]
+    probe = keras.Model(model.inputs, tensors)
+    values = probe(inputs if len(inputs) > 1 else inputs[0], training=False)
+    out = {}
+    for i, layer in enumerate(layers):
+        xin, xout = np.asarray(values[2 * i]), np.asarray(values[2 * i + 1])
+        out[layer.name] = (float(xin.min()), float(xin.max()), float(xout.min()), float(xout.max()))
+    return out
+
+
+def _widen(lo: float, hi: float) -> tuple[float, float]:
+    """A range that contains 0 (TFLite needs zero exactly representable) with a margin."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    pad = 0.05 * (hi - lo) or 1.0
+    return lo - (pad if lo < 0 else 0.0), hi + pad
+
+
+def rewrite_model(
+    model: keras.Model,
+    plans: list[LayerPlan],
+    *,
+    calibration_data: Any = None,
+    calibration_samples: int = 64,
+    seed: int = 0,
+) -> tuple[keras.Model, list[str]]:
+    """Build a new model with the planned rewrites applied; the original is unchanged.
+
+    Args:
+        model: a functional or Sequential Keras model.
+        plans: from :func:`plan_layers`.
+        calibration_data: representative inputs (array or list of arrays) for the ranges of
+            int8 activations; ``None``: ``calibration_samples`` standard-normal inputs.
+
+    Returns:
+        ``(new_model, notes)``: notes say what was assumed (e.g. random calibration data).
+    """
+    notes: list[str] = []
+    todo = {p.name: p for p in plans if p.rewrite}
+    if not todo:
+        return model, notes
+    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+        raise ValueError(
+            "Expected a Sequential or functional Keras model to rewrite. Received a subclassed "
+            f"model {type(model).__name__!r}; convert with rewrite=False or build it functionally"
+        )
+    by_name = {layer.name: layer for layer in model.layers}
+    missing = [n for n in todo if n not in by_name]
+    if missing:
+        raise ValueError(
+            f"Layers {missing} are nested in sub-models; only top-level layers are rewritten"
+        )
+    int8_layers = [by_name[n] for n, p in todo.items() if p.rewrite == "int8"]
+    ranges: dict = {}
+    if int8_layers:
+        inputs = _calibration_inputs(model, calibration_data, calibration_samples, seed)
+        if calibration_data is None:
+            notes.append(
+                f"int8 activation ranges calibrated on {calibration_samples} random standard-"
+                "normal inputs (pass calibration data for ranges that match real inputs)"
+            )
+        ranges = _layer_io_ranges(model, int8_layers, inputs)
+
+    replaced: dict[str, keras.layers.Layer] = {}
+
+    def clone(layer):
+        plan = todo.get(layer.name)
+        if plan is None:
+            new = layer.__class__.from_config(layer.get_config())
+        elif plan.rewrite == "dense_as_bconv":
+            new = BinaryDenseAsConv(layer)
+        else:
+            in_lo, in_hi, out_lo, out_hi = ranges[layer.name]
+            exact_in = _activation_range(layer.input_quantizer)
+            in_range = exact_in if exact_in else (*_widen(in_lo, in_hi), False)
+            new = Int8Layer(layer, in_range, _widen(out_lo, out_hi))
+            plan.exact = bool(new.exact and exact_in is not None)
+        replaced[layer.name] = new
+        return new
+
+    new_model = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.name not in todo and layer.weights:
+            replaced[layer.name].set_weights(layer.get_weights())
+    return new_model, notes
