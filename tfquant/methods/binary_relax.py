@@ -271,10 +271,13 @@ class BinaryRelaxSchedule(keras.callbacks.Callback):
         growth: :math:`\rho \ge 1` per epoch or per step (the authors use 1.04 per epoch).
         update: ``"epoch"`` or ``"step"``.
         phase_two_epoch: first epoch (0-based) of phase two, or ``None`` for none; must be
-            less than the ``epochs`` of ``fit`` (checked when training begins).
+            less than ``epochs``, or, without it, than the ``epochs`` of ``fit`` (checked
+            when training begins).
         lr_multiplier: factor in :math:`(0, \infty)` applied to the learning rate when
             phase two begins, or ``None``.
-        epochs: the planned number of epochs, to check ``phase_two_epoch`` at construction.
+        epochs: the planned total number of epochs, checked against ``phase_two_epoch`` at
+            construction. Give it when training runs in several ``fit`` calls (resuming
+            with ``initial_epoch``), some of which end before phase two.
 
     Raises:
         ValueError: for a bad argument; at the start of training, for a model without
@@ -372,7 +375,8 @@ class BinaryRelaxSchedule(keras.callbacks.Callback):
             q.relax_lambda.assign(value)
 
     def on_train_begin(self, logs=None):
-        self._check_phase_two((self.params or {}).get("epochs"))
+        planned = self.epochs if self.epochs is not None else (self.params or {}).get("epochs")
+        self._check_phase_two(planned)
         self._quantizers = relaxed_quantizers(self.model)
         if not self._quantizers:
             raise ValueError(
