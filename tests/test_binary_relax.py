@@ -11,11 +11,11 @@ from helpers import assert_roundtrip, binary_cnn, grad_of, np_sign
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from tfquant.converters.inspect import op_counts
 
 import tfquant
 from tfquant import quantizers
 from tfquant._keras import keras, tf
-from tfquant.converters.inspect import op_counts
 from tfquant.methods import binary_relax
 from tfquant.methods.binary_relax import (
     BinaryRelaxSchedule,
@@ -377,7 +377,9 @@ def test_docstring_examples_run():
             "which is not built",
         ),
         (
-            lambda: binary_relax.apply(keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])),
+            lambda: binary_relax.apply(
+                keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+            ),
             "with none",
         ),
     ],
