@@ -135,7 +135,8 @@ def _input_shape(layer: keras.layers.Layer) -> tuple | None:
 
 
 def _level_step(levels: tuple[float, ...]) -> float | None:
-    """The grid step of normalised levels (max |level| = 1), or None for no finite grid."""
+    """The unit of normalised levels (max |level| = 1): the largest ``u`` such that every
+    level is an integer multiple of ``u``; None for levels without such a grid."""
     if not levels:
         return None
     values = sorted(set(float(v) for v in levels))
@@ -143,9 +144,12 @@ def _level_step(levels: tuple[float, ...]) -> float | None:
     if top == 0:
         return None
     gaps = [b - a for a, b in zip(values, values[1:]) if b - a > 1e-9]
-    step = min(gaps) / top
-    # every level must be an integer multiple of the step (DoReFa: (2j - n)/n, step 2/n)
-    return step if all(abs(v / top / step - round(v / top / step)) < 1e-6 for v in values) else None
+    # the unit u: every level an integer multiple of it; the grid step, or half of it for
+    # grids offset from zero (DoReFa weights (2j - n) / n: step 2/n, unit 1/n)
+    for unit in (min(gaps) / top, min(gaps) / top / 2):
+        if all(abs(v / top / unit - round(v / top / unit)) < 1e-6 for v in values):
+            return unit
+    return None
 
 
 def int8_weight_scales(kernel: np.ndarray, quantizer) -> tuple[np.ndarray, bool]:
@@ -291,10 +295,17 @@ class Int8Layer(_FromLayer):
         source: QuantizerMixin,
         input_range: tuple[float, float, bool],
         output_range: tuple[float, float],
+        batchnorm: keras.layers.BatchNormalization | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(source, **kwargs)
         self._kernel = effective_kernel(source)
+        if batchnorm is not None:  # fold y -> gamma (y - mean) / sqrt(var + eps) + beta
+            gamma, beta, mean, var = _batchnorm_values(batchnorm)
+            k = gamma / np.sqrt(var + batchnorm.epsilon)
+            bias = np.zeros_like(mean) if self._bias is None else self._bias
+            self._kernel = (self._kernel * k).astype(np.float32)
+            self._bias = ((bias - mean) * k + beta).astype(np.float32)
         scales, self.exact = int8_weight_scales(self._kernel, source.kernel_quantizer)
         self._wmin, self._wmax = -127.0 * scales, 127.0 * scales
         self.input_range = input_range
@@ -314,15 +325,25 @@ class Int8Layer(_FromLayer):
         x = inputs if self.input_quantizer is None else self.input_quantizer(inputs)
         lo, hi, narrow = self.input_range
         x = tf.quantization.fake_quant_with_min_max_args(x, lo, hi, num_bits=8, narrow_range=narrow)
+        kernel = self._kernel if self._conv else self._kernel.reshape(1, 1, *self._kernel.shape)
         w = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            tf.constant(self._kernel),
+            tf.constant(kernel),
             tf.constant(self._wmin),
             tf.constant(self._wmax),
             num_bits=8,
             narrow_range=True,
         )
         if self._conv is None:
-            y = tf.matmul(x, w)
+            # As a 1x1 convolution: per-channel int8 weights, which TFLite's converter
+            # rejects for a FULLY_CONNECTED ("mismatched quantized axes" of the transpose).
+            cin, units = self._kernel.shape
+            y = tf.nn.conv2d(
+                tf.reshape(x, (-1, 1, 1, cin)),
+                w,
+                strides=1,
+                padding="VALID",
+            )
+            y = tf.reshape(y, (-1, units))
         else:
             c = self._conv
             padding = c["padding"]
@@ -371,6 +392,80 @@ def _layer_io_ranges(model: keras.Model, layers: list, inputs: list) -> dict:
         xin, xout = np.asarray(values[2 * i]), np.asarray(values[2 * i + 1])
         out[layer.name] = (float(xin.min()), float(xin.max()), float(xout.min()), float(xout.max()))
     return out
+
+
+def _batchnorm_values(bn: keras.layers.BatchNormalization) -> tuple[np.ndarray, ...]:
+    n = int(bn.moving_mean.shape[0])
+    gamma = bn.gamma.numpy() if bn.gamma is not None else np.ones(n, np.float32)
+    beta = bn.beta.numpy() if bn.beta is not None else np.zeros(n, np.float32)
+    return gamma, beta, bn.moving_mean.numpy(), bn.moving_variance.numpy()
+
+
+def _inbound(layer: keras.layers.Layer) -> list:
+    try:
+        x = layer.input
+    except (AttributeError, ValueError):  # InputLayer, layers used more than once
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _consumers(model: keras.Model) -> dict[str, list]:
+    """Layer name -> the layers reading its output (``None`` stands for a model output)."""
+    producer = {}
+    for layer in model.layers:
+        try:
+            producer[id(layer.output)] = layer.name
+        except (AttributeError, ValueError):
+            continue
+    out: dict[str, list] = {layer.name: [] for layer in model.layers}
+    for layer in model.layers:
+        for x in _inbound(layer):
+            if id(x) in producer:
+                out[producer[id(x)]].append(layer)
+    for x in model.outputs:
+        if id(x) in producer:
+            out[producer[id(x)]].append(None)
+    return out
+
+
+def _foldable_batchnorm(layer, consumers: dict) -> keras.layers.BatchNormalization | None:
+    """The BatchNormalization that alone reads ``layer``'s linear output, if any."""
+    after = consumers.get(layer.name, [])
+    if len(after) != 1 or not isinstance(after[0], keras.layers.BatchNormalization):
+        return None
+    bn = after[0]
+    linear = keras.activations.get(layer.activation) is keras.activations.linear
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    rank = len(layer.output.shape)
+    if not linear or axis not in (-1, rank - 1) or len(_inbound(bn)) != 1:
+        return None
+    return bn
+
+
+def _exact_output_range(layer, consumers: dict) -> tuple[float, float] | None:
+    """An int8 output range with which requantizing the output and then applying the next
+    layers' input quantizer gives exactly what Keras computes: every consumer is a tfquant
+    layer (or a quantizer used as a layer) whose input quantizer has unscaled levels ``{j top / n}`` on ``[0, top]`` with
+    ``n`` dividing 255. Then the range ``[0, top]`` clips as the quantizer does, and the
+    quantizer's rounding boundaries ``(k + 1/2) top / n`` fall halfway between int8 codes,
+    so rounding twice equals rounding once."""
+    after = consumers.get(layer.name, [])
+    ranges = set()
+    for c in after:
+        if isinstance(c, QuantizerMixin):
+            q = c.input_quantizer
+        elif isinstance(c, quantizers.Quantizer):  # a quantizer used as a layer
+            q = c
+        else:
+            return None
+        exact = _activation_range(q)
+        if exact is None or exact[2] or min(q.levels) != 0.0:
+            return None
+        n = len(q.levels) - 1
+        if 255 % n:
+            return None
+        ranges.add((0.0, float(max(q.levels))))
+    return ranges.pop() if len(ranges) == 1 else None  # no readers: None too
 
 
 def _widen(lo: float, hi: float) -> tuple[float, float]:
@@ -423,13 +518,27 @@ def rewrite_model(
                 f"int8 activation ranges calibrated on {calibration_samples} random standard-"
                 "normal inputs (pass calibration data for ranges that match real inputs)"
             )
-        ranges = _layer_io_ranges(model, int8_layers, inputs)
+        consumers0 = _consumers(model)
+        bns = [b for b in (_foldable_batchnorm(x, consumers0) for x in int8_layers) if b]
+        ranges = _layer_io_ranges(model, int8_layers + bns, inputs)
 
+    consumers = _consumers(model)
+    folded = {layer.name: _foldable_batchnorm(layer, consumers) for layer in int8_layers}
+    folded = {k: v for k, v in folded.items() if v is not None}
+    # what reads a layer's output once its BatchNorm is folded in: the BatchNorm's readers
+    readers = {
+        name: consumers[folded[name].name] if name in folded else consumers[name]
+        for name in (layer.name for layer in int8_layers)
+    }
+    approximate = []
     replaced: dict[str, keras.layers.Layer] = {}
+    folded_bn_names = {bn.name for bn in folded.values()}
 
     def clone(layer):
         plan = todo.get(layer.name)
-        if plan is None:
+        if layer.name in folded_bn_names:
+            new = keras.layers.Identity(name=layer.name)
+        elif plan is None:
             new = layer.__class__.from_config(layer.get_config())
         elif plan.rewrite == "dense_as_bconv":
             new = BinaryDenseAsConv(layer)
@@ -437,13 +546,30 @@ def rewrite_model(
             in_lo, in_hi, out_lo, out_hi = ranges[layer.name]
             exact_in = _activation_range(layer.input_quantizer)
             in_range = exact_in if exact_in else (*_widen(in_lo, in_hi), False)
-            new = Int8Layer(layer, in_range, _widen(out_lo, out_hi))
-            plan.exact = bool(new.exact and exact_in is not None)
+            bn = folded.get(layer.name)
+            exact_out = _exact_output_range(layer, {layer.name: readers[layer.name]})
+            if exact_out is None:
+                out_lo, out_hi = ranges[(bn or layer).name][2:]
+            new = Int8Layer(layer, in_range, exact_out or _widen(out_lo, out_hi), batchnorm=bn)
+            plan.exact = bool(new.exact and exact_in is not None and exact_out is not None)
+            if not plan.exact:
+                why = []
+                if not new.exact:
+                    why.append("weights are not on an int8 grid")
+                if exact_in is None:
+                    why.append("float or scaled input (calibrated range)")
+                if exact_out is None:
+                    why.append("output requantized to a calibrated int8 range")
+                approximate.append(f"{layer.name}: " + ", ".join(why))
+            if bn is not None:
+                plan.rewrite = "int8+batchnorm"
         replaced[layer.name] = new
         return new
 
     new_model = keras.models.clone_model(model, clone_function=clone)
     for layer in model.layers:
-        if layer.name not in todo and layer.weights:
+        if layer.name not in todo and layer.name not in folded_bn_names and layer.weights:
             replaced[layer.name].set_weights(layer.get_weights())
+    if approximate:
+        notes.append("int8 layers that round (not bit-exact): " + "; ".join(approximate))
     return new_model, notes
