@@ -12,7 +12,8 @@ from tfquant import (
     quantizers,
 )
 from tfquant.models import finalize, summary
+from tfquant.optimizers import MirrorDescent
 
 __version__ = "0.1.0"
 
-__all__ = ["layers", "models", "quantizers", "finalize", "summary", "__version__"]
+__all__ = ["layers", "models", "quantizers", "finalize", "summary", "MirrorDescent", "__version__"]
