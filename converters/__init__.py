@@ -6,7 +6,7 @@ parity against Keras. See :mod:`tfquant.converters.rewrite` for the rewrites pas
 limits (binary Dense, ternary / k-bit weights as exact int8).
 """
 
-from tfquant.converters import inspect, rewrite
+from tfquant.converters import bench, inspect, rewrite
 from tfquant.converters.lce import (
     ConversionError,
     ConversionReport,
@@ -29,4 +29,5 @@ __all__ = [
     "LayerReport",
     "inspect",
     "rewrite",
+    "bench",
 ]

@@ -19,6 +19,8 @@ __all__ = [
     "run",
     "random_inputs",
     "parity",
+    "unsupported_ops",
+    "LCE_OPS",
 ]
 
 _BUILTIN_NAMES = {
@@ -232,3 +234,22 @@ def parity(flatbuffer: bytes, model, inputs=None, *, samples: int = 8, seed: int
         "samples": int(inputs[0].shape[0]),
         "inputs": "given" if given else "random",
     }
+
+
+LCE_OPS = ("LceQuantize", "LceDequantize", "LceBconv2d", "LceBMaxPool2d")
+
+
+def unsupported_ops(flatbuffer: bytes) -> list[dict]:
+    """Custom ops that neither TFLite's builtins nor LCE implement (e.g. ``Digamma`` or
+    ``Flex*`` ops): the model would fail to run. Each as ``{"op", "tensor"}`` where
+    ``tensor`` is the op's first output name (it usually starts with the layer's path)."""
+    model = load_model_t(flatbuffer)
+    sub = model.subgraphs[0]
+    out = []
+    for op in sub.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        name = _op_name(model, op.opcodeIndex)
+        if code.customCode and name not in LCE_OPS:
+            tensor = sub.tensors[op.outputs[0]].name if len(op.outputs) else b""
+            out.append({"op": name, "tensor": tensor.decode(errors="replace")})
+    return out

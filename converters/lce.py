@@ -437,6 +437,13 @@ def convert_with_report(
     except Exception as e:  # the MLIR converter raises several types
         raise ConversionError(_lce_error_message(e, "".join(log))) from e
     seconds["convert"] = time.perf_counter() - t
+    unsupported = _inspect.unsupported_ops(flatbuffer)
+    if unsupported:
+        detail = ", ".join(f"{u['op']} (at {u['tensor']!r})" for u in unsupported[:5])
+        raise ConversionError(
+            f"The model has operations that neither TFLite nor LCE implements: {detail}. "
+            "Replace the layers computing them"
+        )
 
     matched = _attribute(model, flatbuffer)
     layers = []
@@ -482,7 +489,14 @@ def convert_with_report(
     if verify:
         t = time.perf_counter()
         say("checking parity with LCE's interpreter")
-        report_parity = _inspect.parity(flatbuffer, model, parity_inputs, samples=parity_samples)
+        try:
+            report_parity = _inspect.parity(
+                flatbuffer, model, parity_inputs, samples=parity_samples
+            )
+        except (RuntimeError, ValueError) as e:
+            raise ConversionError(
+                f"The converted model does not run in LCE's interpreter: {_first_line(e)}"
+            ) from e
         seconds["verify"] = time.perf_counter() - t
     report = ConversionReport(
         ops=_inspect.op_counts(flatbuffer),

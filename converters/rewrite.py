@@ -152,7 +152,9 @@ def _level_step(levels: tuple[float, ...]) -> float | None:
     return None
 
 
-def int8_weight_scales(kernel: np.ndarray, quantizer) -> tuple[np.ndarray, bool]:
+def int8_weight_scales(
+    kernel: np.ndarray, quantizer, channel_factor: np.ndarray | None = None
+) -> tuple[np.ndarray, bool]:
     """Per-output-channel int8 scales ``s_o`` (symmetric, narrow range) with which every
     weight of ``kernel`` (last axis = output channel) is an integer code in [-127, 127].
 
@@ -160,12 +162,21 @@ def int8_weight_scales(kernel: np.ndarray, quantizer) -> tuple[np.ndarray, bool]
     ``alpha_o``): ``s_o = alpha_o * d / m`` for the largest integer ``m`` with
     ``alpha_o / s_o <= 127``. Ternary: codes {-127, 0, 127}; 2-bit DoReFa: {+-42, +-126}.
 
+    ``alpha_o`` is the largest level (times ``|channel_factor_o|``, the factor a folded
+    BatchNorm multiplied channel ``o`` by) for unscaled quantizers, and the largest
+    ``|w|`` of the channel for scaled ones (ternary ``alpha_o``).
+
     Returns:
         ``(scales, exact)``: ``exact`` tells whether ``kernel / scales`` are all integers.
     """
     mat = kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
-    alpha = np.abs(mat).max(axis=0)
-    step = _level_step(tuple(getattr(quantizer, "levels", ()) or ()))
+    levels = tuple(getattr(quantizer, "levels", ()) or ())
+    if levels and not getattr(quantizer, "scaled", True):
+        factor = np.ones(mat.shape[1]) if channel_factor is None else channel_factor
+        alpha = max(abs(v) for v in levels) * np.abs(factor).astype(np.float64)
+    else:
+        alpha = np.abs(mat).max(axis=0)
+    step = _level_step(levels)
     if step is None:  # no known grid: plain symmetric int8
         scales = alpha / 127.0
     else:
@@ -300,13 +311,14 @@ class Int8Layer(_FromLayer):
     ) -> None:
         super().__init__(source, **kwargs)
         self._kernel = effective_kernel(source)
+        k = None
         if batchnorm is not None:  # fold y -> gamma (y - mean) / sqrt(var + eps) + beta
             gamma, beta, mean, var = _batchnorm_values(batchnorm)
             k = gamma / np.sqrt(var + batchnorm.epsilon)
             bias = np.zeros_like(mean) if self._bias is None else self._bias
             self._kernel = (self._kernel * k).astype(np.float32)
             self._bias = ((bias - mean) * k + beta).astype(np.float32)
-        scales, self.exact = int8_weight_scales(self._kernel, source.kernel_quantizer)
+        scales, self.exact = int8_weight_scales(self._kernel, source.kernel_quantizer, k)
         self._wmin, self._wmax = -127.0 * scales, 127.0 * scales
         self.input_range = input_range
         self.output_range = output_range

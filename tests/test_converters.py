@@ -1,0 +1,320 @@
+"""tfquant.converters: real conversions through LCE, checked by the report's op table and by
+LCE's interpreter against Keras; the rewrites past LCE's limits; errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from helpers import binary_cnn, randomize_batchnorm
+from tfquant.converters import (
+    ConversionError,
+    LayerNotBinaryError,
+    bench,
+    convert,
+    convert_with_report,
+    write_atomic,
+)
+from tfquant.converters.inspect import op_counts, size_breakdown
+from tfquant.converters.rewrite import int8_weight_scales
+
+import tfquant
+from tfquant._keras import keras
+from tfquant.layers import QuantConv2D, QuantDense, QuantDepthwiseConv2D
+from tfquant.quantizers import SteTernary, UniformQuantizer
+
+BINARY = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+
+
+def _act2():
+    return UniformQuantizer(2, "activation")
+
+
+def binary_dense_model() -> keras.Model:
+    """Binary convs, then a binary QuantDense head (LCE issue 53)."""
+    base = binary_cnn()
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    x = QuantDense(16, **BINARY)(x)
+    return keras.Model(base.input, x)
+
+
+def _set_bn(model: keras.Model, seed: int = 0) -> None:
+    # BatchNorm outputs around [0, 1], where the 2-bit activation quantizer has its levels.
+    rng = np.random.default_rng(seed)
+    for bn in [m for m in model.layers if isinstance(m, keras.layers.BatchNormalization)]:
+        n = bn.gamma.shape[0]
+        bn.set_weights(
+            [
+                rng.uniform(0.05, 0.2, n),
+                rng.uniform(0.3, 0.7, n),
+                rng.normal(0, 0.5, n),
+                rng.uniform(1, 4, n),
+            ]
+        )
+
+
+def ternary_2bit_model() -> keras.Model:
+    """Ternary conv + BN, 2-bit (DoReFa) conv + BN, 2-bit activations, float head."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 16))
+    x = QuantConv2D(32, 3, padding="same", input_quantizer=_act2(), kernel_quantizer=SteTernary())(
+        inp
+    )
+    x = keras.layers.BatchNormalization()(x)
+    x = QuantConv2D(
+        32,
+        3,
+        padding="same",
+        input_quantizer=_act2(),
+        kernel_quantizer=UniformQuantizer(2, "weight"),
+    )(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = _act2()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(10)(x))
+    _set_bn(model)
+    return model
+
+
+def mixed_model() -> keras.Model:
+    """Float first conv, binary convs with same-one padding, a ternary conv, binary Dense."""
+    keras.utils.set_random_seed(0)
+    common = dict(padding="same", pad_values=1.0, use_bias=False)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(inp)
+    x = keras.layers.BatchNormalization()(x)
+    x = QuantConv2D(32, 3, **common, **BINARY)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = QuantConv2D(32, 3, **common, **BINARY)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = QuantConv2D(32, 3, padding="same", input_quantizer=_act2(), kernel_quantizer=SteTernary())(
+        x
+    )
+    x = keras.layers.BatchNormalization()(x)
+    x = _act2()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = QuantDense(10, **BINARY)(x)
+    model = keras.Model(inp, x)
+    randomize_batchnorm(model)
+    _set_bn(model)  # overrides: every BatchNorm to the [0, 1] regime
+    return model
+
+
+def _x(shape, seed=1, low=None):
+    rng = np.random.default_rng(seed)
+    if low is not None:
+        return rng.uniform(low, 1.0, size=shape).astype(np.float32)
+    return rng.normal(size=shape).astype(np.float32)
+
+
+def _by_name(report):
+    return {r.name: r for r in report.layers}
+
+
+# ---------------------------------------------------------------------------------------------
+# LCE's own patterns
+
+
+@pytest.mark.parametrize("kernel_quantizer", ["ste_sign", "scaled_sign"])
+def test_binary_cnn_becomes_bconv_with_parity(kernel_quantizer):
+    model = binary_cnn(kernel_quantizer)
+    x = _x((4, 16, 16, 32))
+    flatbuffer, report = convert_with_report(model, parity_inputs=x)
+    assert report.ops.get("LceBconv2d") == 2 and "CONV_2D" not in report.ops, report.ops
+    assert [r.became for r in report.layers] == ["binary", "binary"]
+    assert all(r.reason is None for r in report.layers)
+    assert report.parity["max_abs_diff"] < 1e-4 * max(1.0, report.parity["output_scale"])
+    assert report.parity["inputs"] == "given" and report.parity["samples"] == 4
+    # bit-packed filters: O * kh * kw * ceil(C / 32) int32 words
+    assert report.sizes["binary_weights"] == 4 * (32 * 9 * 1 + 64 * 9 * 1)
+    assert report.sizes["float_weights"] < 2048
+    assert report.seconds["convert"] < 10
+
+
+# ---------------------------------------------------------------------------------------------
+# LCE issue 53: binary Dense
+
+
+def test_binary_dense_becomes_bconv_and_matches_keras():
+    model = binary_dense_model()
+    x = _x((8, 16, 16, 32))
+    flatbuffer, report = convert_with_report(model, parity_inputs=x)
+    assert report.ops.get("LceBconv2d") == 3, report.ops
+    assert "FULLY_CONNECTED" not in report.ops and "LceDequantize" not in report.ops
+    dense = _by_name(report)[model.layers[-1].name]
+    assert dense.became == "binary" and dense.rewrite == "dense_as_bconv"
+    assert report.parity["max_abs_diff"] <= 1e-5 * max(1.0, report.parity["output_scale"])
+    assert report.parity["argmax_agreement"] == 1.0
+
+
+def test_binary_dense_without_rewrite_fails_naming_the_layer_unless_allowed():
+    model = binary_dense_model()
+    name = model.layers[-1].name
+    with pytest.raises(LayerNotBinaryError, match=name):
+        convert(model, rewrite=False)
+    flatbuffer, report = convert_with_report(model, rewrite=False, allow_float=True, verify=False)
+    assert "FULLY_CONNECTED" in report.ops
+    dense = _by_name(report)[name]
+    assert dense.became == "float" and dense.reason
+    assert any("allow_float" in n for n in report.notes)
+
+
+def test_user_model_is_not_modified():
+    model = binary_dense_model()
+    before = [w.copy() for w in model.get_weights()]
+    names = [layer.name for layer in model.layers]
+    convert(model)
+    assert [layer.name for layer in model.layers] == names
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# LCE issue 806: ternary and k-bit as exact int8
+
+
+def test_int8_weight_scales_make_levels_exact_codes():
+    rng = np.random.default_rng(0)
+    ternary = SteTernary()(rng.normal(size=(3, 3, 8, 4)).astype(np.float32)).numpy()
+    scales, exact = int8_weight_scales(ternary, SteTernary())
+    assert exact
+    assert set(np.unique(np.round(ternary / scales))) <= {-127.0, 0.0, 127.0}
+    q = UniformQuantizer(2, "weight")
+    two_bit = q(rng.normal(size=(3, 3, 8, 4)).astype(np.float32)).numpy()
+    scales, exact = int8_weight_scales(two_bit, q)
+    assert exact
+    assert set(np.unique(np.round(two_bit / scales))) <= {-126.0, -42.0, 42.0, 126.0}
+    for bits in range(3, 9):
+        q = UniformQuantizer(bits, "weight")
+        w = q(rng.normal(size=(256, 4)).astype(np.float32)).numpy()
+        # 8-bit DoReFa weights have 256 levels without a zero: symmetric int8 has 255 codes
+        assert int8_weight_scales(w, q)[1] == (bits <= 7), bits
+
+
+def test_ternary_and_2bit_become_exact_int8():
+    model = ternary_2bit_model()
+    x = _x((16, 8, 8, 16), low=0.0)
+    flatbuffer, report = convert_with_report(model, calibration_data=x, parity_inputs=x)
+    assert report.ops.get("CONV_2D") == 2, report.ops
+    quantized = [r for r in report.layers]
+    assert [r.became for r in quantized] == ["int8", "int8"]
+    assert all(r.exact for r in quantized), report.notes
+    assert all(r.rewrite == "int8+batchnorm" for r in quantized)
+    p = report.parity
+    assert p["max_abs_diff"] <= 1e-4 * p["output_scale"], p
+    assert p["argmax_agreement"] == 1.0
+    # int8 weights: about a quarter of float32
+    _, float_report = convert_with_report(model, int8="none", verify=False)
+    assert [r.became for r in float_report.layers] == ["float", "float"]
+    assert all("int8" in r.reason for r in float_report.layers)
+    ratio = report.sizes["int8_weights"] / float_report.sizes["float_weights"]
+    assert 0.2 < ratio < 0.3, ratio
+    assert report.sizes["total"] < 0.45 * float_report.sizes["total"]
+
+
+def test_mixed_model_converts_in_one_go():
+    model = mixed_model()
+    x = _x((8, 16, 16, 3))
+    flatbuffer, report = convert_with_report(model, calibration_data=x, parity_inputs=x)
+    became = {r.name: r.became for r in report.layers}
+    assert sorted(became.values()) == ["binary", "binary", "binary", "int8"], report.layers
+    assert report.ops.get("LceBconv2d") == 3 and "FULLY_CONNECTED" not in report.ops
+    assert report.ops.get("CONV_2D") == 2  # the float first conv and the int8 ternary one
+    p = report.parity
+    assert p["max_abs_diff"] <= 1e-4 * p["output_scale"], p
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers declared binary that cannot become LceBconv2d
+
+
+def test_float_kernel_with_gate_zero_fails_with_reason():
+    model = binary_cnn()
+    layer = model.layers[0]
+    layer.kernel_gate.assign(0.0)  # the latent float kernel is forwarded as it is
+    with pytest.raises(LayerNotBinaryError, match=f"{layer.name}.*not \\+-alpha"):
+        convert(model)
+    _, report = convert_with_report(model, allow_float=True, verify=False)
+    row = _by_name(report)[layer.name]
+    assert row.became == "float" and "tfquant.finalize" in row.reason
+    tfquant.finalize(binary_cnn())  # finalize makes the kernel binary again
+
+
+def test_binary_depthwise_is_named_with_reason():
+    inp = keras.Input((8, 8, 32))
+    x = QuantDepthwiseConv2D(3, padding="same", **BINARY)(inp)
+    model = keras.Model(inp, x)
+    with pytest.raises(LayerNotBinaryError, match="no binary depthwise"):
+        convert(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_inputs_raise_conversion_error(tmp_path):
+    with pytest.raises(ConversionError, match="not found"):
+        convert(tmp_path / "missing.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_text("not a model")
+    with pytest.raises(ConversionError, match="Could not load"):
+        convert(bad)
+    with pytest.raises(ConversionError, match="target"):
+        convert(binary_cnn(), target="x86")
+    with pytest.raises(ConversionError, match="Expected a Keras model"):
+        convert(42)
+
+
+def test_unsupported_layer_is_a_conversion_error():
+    from tfquant._keras import tf
+
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Lambda(lambda x: tf.math.digamma(x))(inp))
+    with pytest.raises(ConversionError, match="Digamma"):
+        convert(model)
+
+
+def test_write_atomic(tmp_path):
+    target = tmp_path / "m.tflite"
+    write_atomic(target, b"abc")
+    assert target.read_bytes() == b"abc"
+    with pytest.raises(ConversionError, match="Cannot write"):
+        write_atomic(tmp_path / "no" / "m.tflite", b"abc")
+    with pytest.raises(ConversionError, match="directory"):
+        write_atomic(tmp_path, b"abc")
+    assert sorted(os.listdir(tmp_path)) == ["m.tflite"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats and the benchmark helpers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".keras", ".h5", ""])
+def test_saved_formats_convert_like_the_model(tmp_path, suffix):
+    model = binary_dense_model()
+    path = str(tmp_path / f"model{suffix or '_savedmodel'}")
+    model.save(path)
+    flatbuffer, report = convert_with_report(path)
+    assert op_counts(flatbuffer) == op_counts(convert(model))
+    assert [r.became for r in report.layers] == ["binary"] * 3
+    assert report.parity["max_abs_diff"] <= 1e-5 * max(1.0, report.parity["output_scale"])
+
+
+def test_size_breakdown_and_latency_helpers():
+    flatbuffer = convert(binary_cnn())
+    sizes = size_breakdown(flatbuffer)
+    assert sizes["total"] == len(flatbuffer)
+    assert (
+        sum(sizes[k] for k in ("binary_weights", "int8_weights", "float_weights", "other"))
+        == (sizes["total"])
+    )
+    (row,) = bench.local_latency(flatbuffer, threads=[1], runs=2, warmup=1)
+    assert row["runtime"] == "lce" and row["median_ms"] > 0
+    text = "... Inference timings in us: Init: 1471, First inference: 41707, Warmup (avg): 32491.4, Inference (avg): 31420.6"
+    assert bench.parse_benchmark_output(text)["inference_ms"] == pytest.approx(31.4206)
+    assert bench.device_command("adb", "/data/local/tmp/m.tflite", threads=4)[:2] == [
+        "adb",
+        "shell",
+    ]
