@@ -1,0 +1,151 @@
+"""Mirror descent vs STE + Adam on Fashion-MNIST: the same binary-weight CNN, same epochs.
+
+Trains :func:`benchmarks.common.binary_weight_cnn` (every conv and dense kernel binary,
+activations float, as in the paper) with
+
+* ``md_tanh_s``: ``tfquant.MirrorDescent(mirror_map="tanh")`` (MD-tanh-S) + ``BetaAnnealing``;
+* ``md_softmax_s``: ``tfquant.MirrorDescent(mirror_map="softmax")`` (MD-softmax-S) + ``BetaAnnealing``;
+* ``ste_adam``: ``SteSign`` kernels and Keras Adam (BinaryConnect style),
+
+then ``tfquant.finalize`` (hard +-1 weights, BatchNorm re-estimated) and prints JSON: the
+hard-quantized test accuracy and seconds per step of each, and the step-time ratio
+MirrorDescent / Adam. Seconds per step are timed after training in interleaved rounds
+(``seconds_per_step``; the median inside ``fit`` is kept as ``seconds_per_step_fit``), so
+other processes' load on a shared machine affects every method alike.
+
+Usage (about 5 minutes on 2 CPU cores)::
+
+    .venv/bin/python benchmarks/mirror_descent.py --subset 20000 --epochs 3
+
+``--subset 0`` trains on all 60k images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tfquant  # noqa: E402
+from tfquant._keras import keras  # noqa: E402
+from tfquant.callbacks import BetaAnnealing  # noqa: E402
+
+
+def methods(md_learning_rate: float, adam_learning_rate: float) -> dict:
+    """name -> (optimizer factory, callbacks factory)."""
+    return {
+        "md_tanh_s": (
+            lambda: tfquant.MirrorDescent(learning_rate=md_learning_rate, mirror_map="tanh"),
+            lambda: [BetaAnnealing()],
+        ),
+        "md_softmax_s": (
+            lambda: tfquant.MirrorDescent(learning_rate=md_learning_rate, mirror_map="softmax"),
+            lambda: [BetaAnnealing()],
+        ),
+        "ste_adam": (lambda: keras.optimizers.Adam(adam_learning_rate), lambda: []),
+        # Not run by default: MD-tanh-S forwarding sign(u) (BinaryConnect on the dual).
+        "md_tanh_s_quantized_forward": (
+            lambda: tfquant.MirrorDescent(learning_rate=md_learning_rate, forward="quantized"),
+            lambda: [BetaAnnealing()],
+        ),
+    }
+
+
+def interleaved_step_times(models: dict, x, y, rounds: int = 12, steps: int = 5) -> dict:
+    """Median seconds per training step of each model, timed in interleaved rounds of
+    ``steps`` ``train_on_batch`` calls, so load from other processes hits every method alike
+    (the per-fit medians are only comparable on an idle machine)."""
+    times: dict = {name: [] for name in models}
+    for model in models.values():  # warm up (the train function is already traced)
+        model.train_on_batch(x, y)
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subset", type=int, default=20000, help="training images (0: all)")
+    parser.add_argument("--test-subset", type=int, default=0, help="test images (0: all)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--md-learning-rate", type=float, default=None, help="default: MirrorDescent's own default"
+    )
+    parser.add_argument("--adam-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--methods", default="md_tanh_s,md_softmax_s,ste_adam")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    md_lr = args.md_learning_rate
+    if md_lr is None:
+        md_lr = tfquant.MirrorDescent().get_config()["learning_rate"]
+    train, test = common.load_data(
+        "fashion_mnist", subset=args.subset or None, test_subset=args.test_subset or None
+    )
+    table = methods(md_lr, args.adam_learning_rate)
+    results, models = {}, {}
+    for name in args.methods.split(","):
+        make_optimizer, make_callbacks = table[name]
+        model = common.binary_weight_cnn("ste_sign", seed=args.seed)
+        results[name] = common.fit_and_evaluate(
+            model,
+            make_optimizer(),
+            train,
+            test,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            callbacks=make_callbacks(),
+        )
+        models[name] = model
+        if isinstance(model.optimizer, tfquant.MirrorDescent):
+            results[name]["final_beta"] = model.optimizer.beta
+        print(name, results[name], file=sys.stderr, flush=True)
+
+    # Step time after training: interleaved rounds on one training batch.
+    x, y = train[0][: args.batch_size], train[1][: args.batch_size]
+    for name, seconds in interleaved_step_times(models, x, y).items():
+        results[name]["seconds_per_step_fit"] = results[name].pop("seconds_per_step")
+        results[name]["seconds_per_step"] = seconds
+
+    out = {
+        "benchmark": "mirror_descent",
+        "data": "fashion_mnist",
+        "train_images": len(train[0]),
+        "test_images": len(test[0]),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "md_learning_rate": md_lr,
+        "adam_learning_rate": args.adam_learning_rate,
+        "results": results,
+        "machine": common.machine(),
+    }
+    if "ste_adam" in results:
+        adam = results["ste_adam"]
+        for name in results:
+            if name.startswith("md_"):
+                out[f"step_time_ratio_{name}_over_adam"] = (
+                    results[name]["seconds_per_step"] / adam["seconds_per_step"]
+                )
+                out[f"accuracy_gain_{name}_over_adam"] = (
+                    results[name]["test_accuracy_hard"] - adam["test_accuracy_hard"]
+                )
+    common.dump(out, args.out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
