@@ -1,0 +1,146 @@
+"""The ``tfquant`` command line as a user runs it (subprocesses), bad inputs included."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import binary_cnn
+from tfquant.converters.inspect import op_counts
+
+from tfquant._keras import keras, tf
+from tfquant.layers import QuantDense
+
+
+def tfquant_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "tfquant.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    base = binary_cnn()
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    x = QuantDense(16, input_quantizer="ste_sign", kernel_quantizer="ste_sign")(x)
+    keras.Model(base.input, x).save(root / "binary.keras")
+    float_kernel = binary_cnn()
+    float_kernel.layers[0].kernel_gate.assign(0.0)  # forwards the latent float kernel
+    float_kernel.save(root / "float_kernel.keras")
+    inp = keras.Input((4,))
+    unsupported = keras.Model(inp, keras.layers.Lambda(lambda v: tf.math.digamma(v))(inp))
+    unsupported.save(root / "unsupported.h5")
+    (root / "not_a_model.keras").write_text("hello")
+    keras.backend.clear_session()
+    return root
+
+
+def test_convert_writes_flatbuffer_report_and_summary(models, tmp_path):
+    out, report = tmp_path / "m.tflite", tmp_path / "m.json"
+    proc = tfquant_cli("convert", models / "binary.keras", "-o", out, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and "LceBconv2d x3" in proc.stdout
+    assert "parity vs Keras" in proc.stdout
+    assert "converting with Larq Compute Engine" in proc.stderr  # progress display
+    ops = op_counts(out.read_bytes())
+    assert ops["LceBconv2d"] == 3 and "FULLY_CONNECTED" not in ops
+    data = json.loads(report.read_text())
+    assert [r["became"] for r in data["layers"]] == ["binary"] * 3
+    assert data["parity"]["max_abs_diff"] < 1e-4
+    assert data["sizes"]["total"] == out.stat().st_size
+    assert sorted(os.listdir(tmp_path)) == ["m.json", "m.tflite"]  # no temporary files left
+
+    bench = tfquant_cli(
+        "bench", out, "--threads", "1", "--runs", "3", "--json", tmp_path / "b.json"
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert "median" in bench.stdout
+    assert json.loads((tmp_path / "b.json").read_text())[0]["threads"] == 1
+
+
+def test_summary(models):
+    proc = tfquant_cli("summary", models / "binary.keras")
+    assert proc.returncode == 0, proc.stderr
+    assert "QuantDense" in proc.stdout and "compression" in proc.stdout
+
+
+def _fails_cleanly(proc, out, *needles, old=None):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if old is None:
+        assert not out.exists()
+    else:
+        assert out.read_bytes() == old  # an existing file is left as it was
+    if out.parent.exists():
+        assert not [p for p in os.listdir(out.parent) if p.startswith(".tfquant-")]
+
+
+def test_missing_file(models, tmp_path):
+    out = tmp_path / "m.tflite"
+    _fails_cleanly(tfquant_cli("convert", tmp_path / "nope.keras", "-o", out), out, "not found")
+
+
+def test_not_a_model(models, tmp_path):
+    out = tmp_path / "m.tflite"
+    proc = tfquant_cli("convert", models / "not_a_model.keras", "-o", out)
+    _fails_cleanly(proc, out, "Could not load")
+    proc = tfquant_cli("summary", models / "not_a_model.keras")
+    assert proc.returncode == 2 and "Could not load" in proc.stderr
+
+
+def test_unsupported_layers_leave_existing_output_untouched(models, tmp_path):
+    out = tmp_path / "m.tflite"
+    out.write_bytes(b"old")
+    proc = tfquant_cli("convert", models / "unsupported.h5", "-o", out)
+    _fails_cleanly(proc, out, "Digamma", "neither TFLite nor LCE", old=b"old")
+
+
+def test_unwritable_output(models, tmp_path):
+    out = tmp_path / "missing_dir" / "m.tflite"
+    _fails_cleanly(
+        tfquant_cli("convert", models / "binary.keras", "-o", out), out, "does not exist"
+    )
+    proc = tfquant_cli("convert", models / "binary.keras", "-o", tmp_path)
+    assert proc.returncode == 2 and "is a directory" in proc.stderr
+
+
+def test_binary_layer_that_stays_float_fails_unless_allowed(models, tmp_path):
+    out = tmp_path / "m.tflite"
+    proc = tfquant_cli("convert", models / "float_kernel.keras", "-o", out)
+    _fails_cleanly(proc, out, "declared binary", "quant_conv2d", "--allow-float")
+
+
+@pytest.mark.slow
+def test_allow_float_accepts_the_float_layer(models, tmp_path):
+    out = tmp_path / "m.tflite"
+    proc = tfquant_cli("convert", models / "float_kernel.keras", "-o", out, "--allow-float")
+    assert proc.returncode == 0, proc.stderr
+    assert "-> float" in proc.stdout and out.exists()
+
+
+def test_help_lists_subcommands():
+    proc = tfquant_cli("--help")
+    assert proc.returncode == 0
+    for name in ("convert", "summary", "bench"):
+        assert name in proc.stdout
+
+
+@pytest.mark.slow
+def test_convert_saved_model_directory(models, tmp_path):
+    model = keras.models.load_model(models / "binary.keras")
+    model.save(tmp_path / "saved")
+    out = tmp_path / "m.tflite"
+    proc = tfquant_cli("convert", tmp_path / "saved", "-o", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert op_counts(out.read_bytes())["LceBconv2d"] == 3
