@@ -12,7 +12,8 @@ quantizers. Measured:
   10 s);
 * latency of one 1-image inference on this machine: the binary file in LCE's interpreter
   (``use_indirect_bgemm=True``) vs the float file in TensorFlow Lite's interpreter (XNNPACK
-  delegate), 1 and 2 threads (median of ``--runs`` after ``--warmup``);
+  delegate), 1 and 2 threads (median and min of ``--runs`` after ``--warmup``; on a shared
+  machine the min is the less disturbed figure);
 * parity of the binary file against Keras (LCE's interpreter, random inputs).
 
 Run (about a minute on 2 CPU cores)::
@@ -85,6 +86,10 @@ def run(args: argparse.Namespace) -> dict:
         f"{row['runtime']}_{row['threads']}t_ms": round(row["median_ms"], 3)
         for row in lce_rows + xnn_rows
     }
+    latency_min = {
+        f"{row['runtime']}_{row['threads']}t_ms": round(row["min_ms"], 3)
+        for row in lce_rows + xnn_rows
+    }
     speedup = {
         f"{n}t": round(latency[f"tflite-xnnpack_{n}t_ms"] / latency[f"lce_{n}t_ms"], 2)
         for n in threads
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> dict:
         },
         "size_ratio_float_over_binary": round(len(float_fb) / len(binary_fb), 2),
         "latency_median_ms": latency,
+        "latency_min_ms": latency_min,
         "speedup_lce_binary_vs_xnnpack_float": speedup,
         "latency_rows": lce_rows + xnn_rows,
         "targets": {

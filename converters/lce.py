@@ -355,8 +355,8 @@ def convert_with_report(
         target: ``"arm"`` or ``"xcore"`` (LCE's targets).
         inference_input_type, inference_output_type: ``tf.float32`` or ``tf.int8`` (int8
             needs a model whose input / output is quantized, e.g. an int8 first layer).
-        int8: ``"auto"``: ternary and k-bit (2 to 8 bit) layers become int8 kernels whose
-            codes are the trained levels exactly; ``"none"``: they stay float32 (LCE's own
+        int8: ``"auto"``: ternary and k-bit (2 to 8 bit) layers with a quantized input
+            become int8 kernels whose codes are the trained levels exactly; ``"none"``: they stay float32 (LCE's own
             behaviour); or a list of layer names to export as int8.
         calibration_data: representative inputs for int8 activation ranges; ``None`` uses
             random standard-normal inputs (a note in the report says so).

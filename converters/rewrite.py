@@ -226,8 +226,10 @@ def plan_layers(model: keras.Model, int8: str | list[str] = "auto") -> list[Laye
 
     Args:
         model: a built Keras model.
-        int8: ``"auto"``: ternary and k-bit (2 to 8) layers become int8; ``"none"``: they
-            stay float as LCE leaves them; a list of layer names: those layers become int8.
+        int8: ``"auto"``: ternary and k-bit (2 to 8 bit) layers with a quantized input
+            (unscaled levels, exact int8 codes) become int8; ``"none"``: they stay float
+            as LCE leaves them; a list of layer names: those layers become int8 (a float
+            input then gets a calibrated range).
     """
     from tfquant.models import quantized_layers
 
@@ -243,17 +245,24 @@ def plan_layers(model: keras.Model, int8: str | list[str] = "auto") -> list[Laye
                     plan.rewrite = "dense_as_bconv"
             else:
                 plan.reason = problem
-        wants_int8 = (int8 == "auto" and declared == "k-bit") or (
-            isinstance(int8, (list, tuple)) and layer.name in int8
-        )
-        if plan.target == "float" and wants_int8:
+        named = isinstance(int8, (list, tuple)) and layer.name in int8
+        # "auto" takes only layers whose inputs are exact int8 codes too (quantized by an
+        # unscaled quantizer): a float input would be rounded to a calibrated range.
+        exact_input = _activation_range(layer.input_quantizer) is not None
+        auto = int8 == "auto" and declared == "k-bit"
+        if plan.target == "float" and (named or (auto and exact_input)):
             problem = _int8_problem(layer)
             if problem is None:
                 plan.target, plan.rewrite = "int8", "int8"
             elif plan.reason is None:
                 plan.reason = problem
         elif plan.target == "float" and declared == "k-bit" and plan.reason is None:
-            plan.reason = "int8 export not requested (int8='none'); LCE keeps k-bit weights float32"
+            plan.reason = (
+                "float or scaled input: int8 would round it (name the layer in int8= to "
+                "export it anyway); LCE keeps k-bit weights float32"
+                if auto
+                else "int8 export not requested; LCE keeps k-bit weights float32"
+            )
         plans.append(plan)
     return plans
 
