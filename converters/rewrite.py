@@ -316,6 +316,7 @@ class Int8Layer(_FromLayer):
         input_range: tuple[float, float, bool],
         output_range: tuple[float, float],
         batchnorm: keras.layers.BatchNormalization | None = None,
+        sign_safe: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(source, **kwargs)
@@ -331,6 +332,7 @@ class Int8Layer(_FromLayer):
         self._wmin, self._wmax = -127.0 * scales, 127.0 * scales
         self.input_range = input_range
         self.output_range = output_range
+        self.sign_safe = sign_safe
         self._conv = None
         if isinstance(source, QuantConv2D):
             self._conv = dict(
@@ -384,7 +386,13 @@ class Int8Layer(_FromLayer):
             )
         y = self._finish(y)
         lo, hi = self.output_range
-        return tf.quantization.fake_quant_with_min_max_args(y, lo, hi, num_bits=8)
+        if not self.sign_safe:
+            return tf.quantization.fake_quant_with_min_max_args(y, lo, hi, num_bits=8)
+        # Only signs are read: shift by half a step so that code >= 1 <=> y >= 0, then shift
+        # back; the result is never 0 and has y's sign (sign(0) = +1) exactly.
+        half = 0.5 * (hi - lo) / 255.0
+        y = tf.quantization.fake_quant_with_min_max_args(y + half, lo, hi, num_bits=8)
+        return y - half
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +497,14 @@ def _exact_output_range(layer, consumers: dict) -> tuple[float, float] | None:
     return ranges.pop() if len(ranges) == 1 else None  # no readers: None too
 
 
+def _only_signs_read(readers: list) -> bool:
+    """Whether every reader is a tfquant layer whose input quantizer is a plain sign."""
+    return bool(readers) and all(
+        isinstance(c, QuantizerMixin) and _input_is_sign(c) and not c.input_quantizer.scaled
+        for c in readers
+    )
+
+
 def _widen(lo: float, hi: float) -> tuple[float, float]:
     """A range that contains 0 (TFLite needs zero exactly representable) with a margin."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -569,10 +585,18 @@ def rewrite_model(
             in_range = exact_in if exact_in else (*_widen(in_lo, in_hi), False)
             bn = folded.get(layer.name)
             exact_out = _exact_output_range(layer, {layer.name: readers[layer.name]})
+            signs_only = exact_out is None and _only_signs_read(readers[layer.name])
             if exact_out is None:
                 out_lo, out_hi = ranges[(bn or layer).name][2:]
-            new = Int8Layer(layer, in_range, exact_out or _widen(out_lo, out_hi), batchnorm=bn)
-            plan.exact = bool(new.exact and exact_in is not None and exact_out is not None)
+            new = Int8Layer(
+                layer,
+                in_range,
+                exact_out or _widen(out_lo, out_hi),
+                batchnorm=bn,
+                sign_safe=signs_only,
+            )
+            exact_out = exact_out or signs_only
+            plan.exact = bool(new.exact and exact_in is not None and exact_out)
             if not plan.exact:
                 why = []
                 if not new.exact:

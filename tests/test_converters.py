@@ -225,6 +225,26 @@ def test_mixed_model_converts_in_one_go():
     assert p["max_abs_diff"] <= 1e-4 * p["output_scale"], p
 
 
+def test_ternary_with_sign_inputs_feeding_a_binary_conv_is_exact():
+    # binary activations, ternary weights; the next layer reads only the sign of the int8
+    # output, which the rewrite keeps exact (half-step shift around the requantization)
+    keras.utils.set_random_seed(0)
+    common = dict(padding="same", pad_values=1.0, input_quantizer="ste_sign")
+    inp = keras.Input((8, 8, 32))
+    x = QuantConv2D(32, 3, kernel_quantizer=SteTernary(), **common)(inp)
+    x = keras.layers.BatchNormalization()(x)
+    x = QuantConv2D(32, 3, kernel_quantizer="ste_sign", **common)(x)
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inp, x)
+    randomize_batchnorm(model)
+    x = _x((8, 8, 8, 32))
+    _, report = convert_with_report(model, calibration_data=x, parity_inputs=x)
+    assert [r.became for r in report.layers] == ["int8", "binary"]
+    assert report.layers[0].exact
+    p = report.parity
+    assert p["max_abs_diff"] <= 1e-4 * p["output_scale"], p
+
+
 # ---------------------------------------------------------------------------------------------
 # Layers declared binary that cannot become LceBconv2d
 
