@@ -8,8 +8,9 @@ quantizers. Measured:
 * flatbuffer size of each, the binary file's breakdown (bit-packed / float weights, other),
   and the ideal bit-packed size (binary weights at 1 bit, everything else at 32 bits, from
   ``tfquant.summary``); target: binary file within 1.1x of the ideal;
-* conversion time, in all (load, rewrite, LCE, parity check) and by step (target: under
-  10 s);
+* conversion time, in all (load, rewrite, LCE, parity check), by step, and a second
+  conversion in the same process (the first pays TensorFlow's one-off set-up); target:
+  under 10 s;
 * latency of one 1-image inference on this machine: the binary file in LCE's interpreter
   (``use_indirect_bgemm=True``) vs the float file in TensorFlow Lite's interpreter (XNNPACK
   delegate), 1 and 2 threads (median and min of ``--runs`` after ``--warmup``; on a shared
@@ -31,7 +32,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfquant.converters import bench, convert_with_report, write_atomic  # noqa: E402
+from tfquant.converters import bench, convert, convert_with_report, write_atomic  # noqa: E402
 
 import tfquant  # noqa: E402
 from tfquant._keras import keras, tf  # noqa: E402
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> dict:
     binary_seconds = time.perf_counter() - t
 
     t = time.perf_counter()
+    convert(binary)  # again, warm: without the first call's one-off set-up in this process
+    binary_warm_seconds = time.perf_counter() - t
+
+    t = time.perf_counter()
     converter = tf.lite.TFLiteConverter.from_keras_model(floating)
     float_fb = converter.convert()
     float_seconds = time.perf_counter() - t
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace) -> dict:
             "layers": {r.name: r.became for r in report.layers},
             "convert_seconds": round(binary_seconds, 2),
             "convert_seconds_by_step": report.seconds,
+            "convert_seconds_warm": round(binary_warm_seconds, 2),
             "parity": report.parity,
         },
         "float": {
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> dict:
         "targets": {
             "binary_size_within_1.1x_ideal": len(binary_fb) <= 1.1 * ideal,
             "lce_conversion_under_10s": report.seconds["convert"] < 10.0,
+            "warm_conversion_under_10s": binary_warm_seconds < 10.0,
             "conversion_with_verification_under_10s": binary_seconds < 10.0,
         },
     }

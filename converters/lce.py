@@ -437,6 +437,14 @@ def convert_with_report(
     except Exception as e:  # the MLIR converter raises several types
         raise ConversionError(_lce_error_message(e, "".join(log))) from e
     seconds["convert"] = time.perf_counter() - t
+    ins, outs = _inspect.io_details(flatbuffer)
+    for what, wanted, tensors in (("input", in_type, ins), ("output", out_type, outs)):
+        if wanted == tf.int8 and any(t["type"] != "INT8" for t in tensors):
+            raise ConversionError(
+                f"inference_{what}_type=int8 needs a model whose {what} is an int8 tensor "
+                f"(an int8 layer right at the model's {what}); this model's {what} stays "
+                "float32. Convert with float32 instead"
+            )
     unsupported = _inspect.unsupported_ops(flatbuffer)
     if unsupported:
         detail = ", ".join(f"{u['op']} (at {u['tensor']!r})" for u in unsupported[:5])

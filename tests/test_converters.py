@@ -284,6 +284,8 @@ def test_bad_inputs_raise_conversion_error(tmp_path):
         convert(binary_cnn(), target="x86")
     with pytest.raises(ConversionError, match="Expected a Keras model"):
         convert(42)
+    with pytest.raises(ConversionError, match="inference_input_type=int8"):
+        convert(binary_cnn(), inference_input_type="int8")
 
 
 def test_unsupported_layer_is_a_conversion_error():
