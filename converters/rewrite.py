@@ -600,7 +600,7 @@ def rewrite_model(
             if not plan.exact:
                 why = []
                 if not new.exact:
-                    why.append("weights are not on an int8 grid")
+                    why.append("weights are not on an int8 grid (run tfquant.finalize?)")
                 if exact_in is None:
                     why.append("float or scaled input (calibrated range)")
                 if exact_out is None:

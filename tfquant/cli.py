@@ -43,13 +43,14 @@ class _Progress:
             print(f"  {message} ...", end="", file=sys.stderr, flush=True)
         self._start = time.perf_counter()
 
-    def _finish(self) -> None:
+    def _finish(self, failed: bool = False) -> None:
         if self._start is not None and self.enabled:
-            print(f" {time.perf_counter() - self._start:.1f} s", file=sys.stderr, flush=True)
+            took = f"{time.perf_counter() - self._start:.1f} s"
+            print(f" failed ({took})" if failed else f" {took}", file=sys.stderr, flush=True)
         self._start = None
 
-    def close(self) -> None:
-        self._finish()
+    def close(self, failed: bool = False) -> None:
+        self._finish(failed)
 
 
 def _check_writable(path: str, what: str) -> None:
@@ -112,8 +113,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         write_atomic(args.output, flatbuffer)
         if args.report:
             write_atomic(args.report, report.to_json() + "\n")
-    finally:
-        progress.close()
+    except BaseException:
+        progress.close(failed=True)
+        raise
+    progress.close()
     print(f"wrote {args.output} ({len(flatbuffer) / 1024:.1f} KiB)")
     print(report.text())
     if args.report:
