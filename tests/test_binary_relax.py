@@ -271,6 +271,19 @@ def test_phase_switch(optimizer):
     np.testing.assert_allclose(model(DATA[0]).numpy(), before, atol=1e-5)
 
 
+def test_schedule_drives_mirror_descent_with_the_quantized_forward():
+    # MirrorDescent reads levels through the relaxed quantizer (delegated to SteSign); with
+    # forward="quantized" it keeps the gate, so the layers forward the relaxed weights.
+    model = dense_model("ste_sign")
+    callbacks = binary_relax.apply(model, growth=2.0, phase_two_epoch=2, lr_multiplier=0.5)
+    optimizer = tfquant.MirrorDescent(learning_rate=0.1, forward="quantized")
+    recorder, history = fit(model, callbacks, epochs=3, optimizer=optimizer)
+    np.testing.assert_allclose(recorder.lambdas, np.repeat([1.0, 2.0, np.inf], 4))
+    assert recorder.rates == pytest.approx([0.1, 0.1, 0.05])
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert float(model.layers[0].kernel_gate.numpy()) == 1.0
+
+
 def test_resume_from_a_saved_model_continues_the_schedule(tmp_path):
     settings_ = dict(growth=2.0, phase_two_epoch=3, lr_multiplier=0.5, epochs=6)
     model = dense_model()
