@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
 
     md_lr = args.md_learning_rate
     if md_lr is None:
-        md_lr = tfquant.MirrorDescent().get_config()["learning_rate"]
+        md_lr = float(tfquant.MirrorDescent().get_config()["learning_rate"])
     train, test = common.load_data(
         "fashion_mnist", subset=args.subset or None, test_subset=args.test_subset or None
     )

@@ -157,6 +157,25 @@ def test_golden_values_against_numpy_reference(variant):
     assert opt.beta == pytest.approx(ref_beta(steps))
 
 
+@pytest.mark.parametrize("stable", [True, False])
+def test_two_level_softmax_equals_tanh(stable):
+    """With levels (-1, 1), softmax(beta u) . q = tanh(beta (u_2 - u_1) / 2) and the two
+    coordinates get opposite Adam directions: MD-softmax runs MD-tanh exactly."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(8, 4)).astype(np.float32)
+    t = rng.normal(size=(8, 3)).astype(np.float32)
+    kernels = []
+    for mirror_map in ["tanh", "softmax"]:
+        model = linear_model("ste_sign")
+        opt = tfquant.MirrorDescent(
+            learning_rate=0.05, mirror_map=mirror_map, stable=stable, **SCHEDULE
+        )
+        opt.build(model.trainable_variables)
+        train_steps(model, opt, x, t, 6)
+        kernels.append(model.layers[0].kernel.numpy())
+    np.testing.assert_allclose(kernels[1], kernels[0], atol=1e-5)
+
+
 # ---- pure math -----------------------------------------------------------------------------
 
 

@@ -50,8 +50,9 @@ class BetaAnnealing(keras.callbacks.Callback):
     (the steps ``fit`` announces), so :math:`\beta` grows geometrically and reaches
     ``beta_max`` on the last step: the last epochs train a nearly hard network and
     ``tfquant.finalize`` loses little. :math:`\beta` depends only on the optimizer's
-    ``iterations``, so a run resumed with ``fit(..., initial_epoch=k)`` follows the same
-    schedule.
+    ``iterations``, so a run resumed from a checkpoint with ``fit(..., initial_epoch=k)``
+    follows the same schedule; a further ``fit`` call on an already trained model (its
+    ``iterations`` past the new horizon) continues at ``beta_max``.
 
     Args:
         optimizer: the ``MirrorDescent`` to drive; default the model's.
