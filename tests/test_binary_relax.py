@@ -418,6 +418,19 @@ def test_schedule_on_a_model_without_relaxed_quantizers_fails_at_fit():
         model.fit(*DATA, epochs=1, callbacks=[BinaryRelaxSchedule()], verbose=0)
 
 
+def test_per_step_schedule_needs_a_known_epoch_length():
+    model = dense_model()
+    callbacks = binary_relax.apply(model, update="step")
+    model.compile("sgd", "mse")
+
+    def batches():
+        while True:
+            yield DATA[0][:8], DATA[1][:8]
+
+    with pytest.raises(ValueError, match="Expected a known number of steps per epoch"):
+        model.fit(batches(), epochs=1, callbacks=callbacks, verbose=0)
+
+
 def test_lr_multiplier_with_a_schedule_fails_clearly():
     model = dense_model()
     callbacks = binary_relax.apply(model, phase_two_epoch=0, lr_multiplier=0.1)

@@ -193,7 +193,7 @@ class RelaxedQuantizer(quantizers.Quantizer):
         self.lambda_init = _check_lambda(lambda_init)
         super().__init__(**kwargs)
         self.quantizer = wrapped
-        self.relax_lambda = None
+        self.relax_lambda: Any = None  # the tf.Variable, created in build
 
     @property
     def precision(self) -> int:  # type: ignore[override]
@@ -467,7 +467,9 @@ def apply(
     )
     if not model.built:
         raise ValueError(f"Expected a built model. Received: {model.name!r}, which is not built")
-    layers = [layer for layer in quantized_layers(model) if layer.kernel_quantizer is not None]
+    layers: list[Any] = [  # Keras layers with the QuantizerMixin
+        layer for layer in quantized_layers(model) if layer.kernel_quantizer is not None
+    ]
     if not layers:
         raise ValueError(
             "Expected a model with tfquant quantized layers that have a kernel_quantizer. "
