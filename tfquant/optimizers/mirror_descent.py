@@ -5,6 +5,7 @@ A thin Keras optimizer over the pure functions of :mod:`tfquant.optimizers.mirro
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -20,13 +21,13 @@ _FORWARDS = ("primal", "quantized")
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"Expected {name} > 0. Received: {name}={value!r}")
     return float(value)
 
 
 def _unit(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
         raise ValueError(f"Expected {name} in [0, 1). Received: {name}={value!r}")
     return float(value)
 
@@ -182,11 +183,15 @@ class MirrorDescent(keras.optimizers.Optimizer):
         beta = _positive("beta", beta)
         if (
             isinstance(beta_growth, bool)
-            or not isinstance(beta_growth, (int, float))
+            or not isinstance(beta_growth, numbers.Real)
             or not (beta_growth >= 1)
         ):
             raise ValueError(f"Expected beta_growth >= 1. Received: beta_growth={beta_growth!r}")
-        if isinstance(beta_every, bool) or not isinstance(beta_every, int) or beta_every < 1:
+        if (
+            isinstance(beta_every, bool)
+            or not isinstance(beta_every, numbers.Integral)
+            or beta_every < 1
+        ):
             raise ValueError(
                 f"Expected beta_every an integer >= 1. Received: beta_every={beta_every!r}"
             )
@@ -198,14 +203,14 @@ class MirrorDescent(keras.optimizers.Optimizer):
         if beta_horizon is not None:
             if (
                 isinstance(beta_horizon, bool)
-                or not isinstance(beta_horizon, int)
+                or not isinstance(beta_horizon, numbers.Integral)
                 or (beta_horizon < 1)
             ):
                 raise ValueError(
                     "Expected beta_horizon None or an integer >= 1. "
                     f"Received: beta_horizon={beta_horizon!r}"
                 )
-        if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon < 0:
+        if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or epsilon < 0:
             raise ValueError(f"Expected epsilon >= 0. Received: epsilon={epsilon!r}")
         super().__init__(name=name, **kwargs)
         self._learning_rate = self._build_learning_rate(learning_rate)
@@ -213,7 +218,7 @@ class MirrorDescent(keras.optimizers.Optimizer):
         self.stable = stable
         self._beta_0 = beta
         self.beta_growth = float(beta_growth)
-        self.beta_every = beta_every
+        self.beta_every = int(beta_every)
         self.beta_max = beta_max
         self.forward = forward
         self.beta_1 = _unit("beta_1", beta_1)
@@ -229,7 +234,7 @@ class MirrorDescent(keras.optimizers.Optimizer):
                 trainable=False,
             )
         self._variables.append(self._beta_horizon)
-        self._initial_horizon = beta_horizon
+        self._initial_horizon = None if beta_horizon is None else int(beta_horizon)
 
     # ---- beta -----------------------------------------------------------------------------
 
