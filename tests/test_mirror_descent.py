@@ -273,6 +273,21 @@ def test_fit_forwards_the_primal_from_the_first_step():
     assert loss == pytest.approx(float(np.mean((x @ w0 + bias) ** 2)), rel=1e-5)
 
 
+def test_eager_training_matches_graph_training_after_an_explicit_build():
+    """run_eagerly: build before the first forward (else step 1 forwards Q(w))."""
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    t = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
+    kernels = []
+    for eager in [False, True]:
+        model = linear_model("ste_sign")
+        opt = tfquant.MirrorDescent(learning_rate=0.05)
+        opt.build(model.trainable_variables)
+        model.compile(opt, "mse", run_eagerly=eager)
+        model.fit(x, t, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        kernels.append(model.layers[0].kernel.numpy())
+    np.testing.assert_allclose(kernels[1], kernels[0], atol=1e-6)
+
+
 def _data(n=16, seed=1):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, 6, 6, 2)).astype(np.float32), rng.integers(0, 4, n)
