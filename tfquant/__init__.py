@@ -7,7 +7,9 @@ imported with Keras 3 as ``tf.keras``.
 
 from tfquant import (
     _keras,  # noqa: F401  (must run before anything imports TensorFlow)
+    datasets,
     layers,
+    methods,  # registers BinaryRelax's quantizer, so saved models load after `import tfquant`
     models,
     quantizers,
 )
@@ -16,4 +18,14 @@ from tfquant.optimizers import MirrorDescent
 
 __version__ = "0.1.0"
 
-__all__ = ["layers", "models", "quantizers", "finalize", "summary", "MirrorDescent", "__version__"]
+__all__ = [
+    "datasets",
+    "layers",
+    "methods",
+    "models",
+    "quantizers",
+    "finalize",
+    "summary",
+    "MirrorDescent",
+    "__version__",
+]

@@ -20,6 +20,8 @@ _HOW_TO_FIX = (
 def _select_legacy_keras() -> None:
     if "tensorflow" not in sys.modules:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        # TensorFlow's C++ start-up lines (CUDA plugin registration...) are noise for users.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 _select_legacy_keras()

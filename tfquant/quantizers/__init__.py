@@ -298,9 +298,10 @@ def get(identifier: Any) -> Quantizer | None:
             )
         return cls()
     if isinstance(identifier, dict):
-        name = identifier.get("class_name")
+        name = str(identifier.get("class_name"))
+        # "SteSign", or the registered form "tfquant>SteSign" (legacy SavedModel metadata).
         cls = _CLASSES.get(name) or keras.utils.get_registered_object(
-            identifier.get("registered_name") or f"tfquant>{name}"
+            identifier.get("registered_name") or (name if ">" in name else f"tfquant>{name}")
         )
         if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
             raise ValueError(
