@@ -481,8 +481,7 @@ def test_model_without_quantized_variables_warns_adam():
 # ---- a real run ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_binary_mlp_on_digits_trains_far_above_chance():
+def test_binary_mlp_on_digits_trains_far_above_chance():  # about 4 s
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
