@@ -201,6 +201,11 @@ def test_projections_tend_to_the_hard_quantization():
         mm.softmax_projection(duals, 1e4, (-1.0, 0.0, 1.0)).numpy(), [0.0, -1.0], atol=1e-6
     )
     np.testing.assert_allclose(mm.argmax_levels(duals, (-1.0, 0.0, 1.0)).numpy(), [0.0, -1.0])
+    # The paper's cap: no overflow even at beta = 1e35.
+    np.testing.assert_allclose(
+        mm.softmax_projection(duals * 1e4, 1e35, (-1.0, 0.0, 1.0)).numpy(), [0.0, -1.0]
+    )
+    np.testing.assert_allclose(mm.tanh_projection(u, 1e35).numpy(), np.sign(u))
 
 
 def test_beta_schedules():

@@ -76,8 +76,10 @@ def ternary_projection(u, beta):
 
 
 def softmax_simplex(u, beta):
-    r"""The simplex point :math:`\operatorname{softmax}(\beta \tilde u)` over the last axis."""
-    return tf.nn.softmax(beta * u, axis=-1)
+    r"""The simplex point :math:`\operatorname{softmax}(\beta \tilde u)` over the last axis.
+    The max is subtracted before scaling, so a huge :math:`\beta` (the paper caps it at
+    1e35) cannot overflow float32."""
+    return tf.nn.softmax(beta * (u - tf.reduce_max(u, axis=-1, keepdims=True)), axis=-1)
 
 
 def softmax_projection(u, beta, levels: Sequence[float]):
