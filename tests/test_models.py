@@ -95,3 +95,23 @@ def test_finalize_reestimates_batchnorm_as_the_exact_average():
 def test_finalize_rejects_empty_data():
     with pytest.raises(ValueError, match="at least one batch"):
         tfquant.finalize(binary_cnn(input_shape=(4, 4, 32)), [])
+
+
+def test_finalize_takes_mirror_descent_softmax_argmax():
+    # Over three levels, rounding the simplex mean is not the paper's argmax: finalize asks
+    # the optimizer (hard_quantize) first.
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            layers.QuantDense(4, kernel_quantizer=tfquant.quantizers.SteTernary(method="fixed")),
+        ]
+    )
+    optimizer = tfquant.MirrorDescent(mirror_map="softmax", learning_rate=0.05)
+    model.compile(optimizer=optimizer, loss="mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(64, 6)), rng.normal(size=(64, 4)), epochs=3, verbose=0)
+    kernel = model.layers[0].kernel
+    dual = optimizer.dual(kernel).numpy()
+    expected = np.array([-1.0, 0.0, 1.0])[np.argmax(dual, axis=-1)]
+    tfquant.finalize(model)
+    np.testing.assert_array_equal(kernel.numpy(), expected)

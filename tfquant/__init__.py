@@ -7,6 +7,7 @@ imported with Keras 3 as ``tf.keras``.
 
 from tfquant import (
     _keras,  # noqa: F401  (must run before anything imports TensorFlow)
+    callbacks,
     datasets,
     layers,
     methods,  # registers BinaryRelax's quantizer, so saved models load after `import tfquant`
@@ -19,6 +20,7 @@ from tfquant.optimizers import MirrorDescent
 __version__ = "0.1.0"
 
 __all__ = [
+    "callbacks",
     "datasets",
     "layers",
     "methods",

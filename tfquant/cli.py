@@ -272,4 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: subcommand modules raise
+    # tfquant.cli.UsageError, which must be the class main() catches.
+    from tfquant.cli import main as _main
+
+    sys.exit(_main())

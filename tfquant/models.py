@@ -208,7 +208,8 @@ def finalize(
 ) -> keras.Model:
     """Make every quantized kernel exactly its quantized value, then re-estimate BatchNorm.
 
-    Each tfquant layer's kernel ``w`` becomes ``Q(w)`` and its forward gate is set to 0 (the
+    If the model's optimizer has a ``hard_quantize()`` method (``tfquant.MirrorDescent``), it
+    is called first. Each tfquant layer's kernel ``w`` then becomes ``Q(w)`` and its forward gate is set to 0 (the
     forward pass uses the stored kernel as it is), so a saved model holds the deployed
     weights and ``model(x)`` is the hard-quantized network.
     Given ``data``, BatchNorm moving statistics are recomputed as the exact average over the
@@ -225,6 +226,11 @@ def finalize(
     Returns:
         ``model``.
     """
+    optimizer = getattr(model, "optimizer", None)
+    if getattr(optimizer, "_built", False) and callable(getattr(optimizer, "hard_quantize", None)):
+        # An optimizer that keeps its own state of the quantized weights (MirrorDescent's
+        # simplex for the softmax map) knows their hard values better than Q(kernel).
+        optimizer.hard_quantize()
     for layer in quantized_layers(model):
         if layer.kernel_quantizer is None:
             continue

@@ -1,0 +1,110 @@
+"""`tfquant train` as a user runs it, on a slice of real data, for each method."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfquant import datasets
+from tfquant.cli import main
+from tfquant.train import METHODS
+
+LIMIT = 256
+
+
+def _tfquant(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "tfquant", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_train_each_method_end_to_end(tmp_path, method):
+    from tfquant._keras import keras
+
+    out = tmp_path / "run"
+    proc = _tfquant(
+        "train",
+        "--dataset",
+        "digits",
+        "--limit",
+        str(LIMIT),
+        "--epochs",
+        "2",
+        "--method",
+        method,
+        "--out",
+        str(out),
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("model.keras", "model.tflite", "report.json", "report.md", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["method"] == method
+    assert report["conversion"]["ops"]["LceBconv2d"] == 6  # every binary conv became binary
+    assert report["tflite_bytes"] == (out / "model.tflite").stat().st_size
+    # The report's accuracy is the saved (finalized) model's.
+    (_, _), (xte, yte) = datasets.load_digits()
+    xte, yte = xte[: LIMIT // 4], yte[: LIMIT // 4]
+    model = keras.models.load_model(out / "model.keras")
+    acc = float(np.mean(np.argmax(model.predict(xte, verbose=0), -1) == yte))
+    assert acc == pytest.approx(report["test_accuracy"], abs=1e-9)
+    assert report["test_accuracy_tflite"] == pytest.approx(
+        report["test_accuracy_keras_same_samples"], abs=0.05
+    )
+    assert "tfquant train: bireal_cnn on digits" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--dataset", "imagenet"], "Unknown dataset 'imagenet'"),
+        (["--model", "resnet"], "Unknown model 'resnet'"),
+        (["--method", "sgd"], "Unknown method 'sgd'"),
+        (["--epochs", "0"], "Received: epochs=0"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, expected):
+    code = main(["train", "--dataset", "digits", "--out", str(tmp_path / "o"), *args])
+    assert code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_refuses_a_previous_run_and_keeps_the_users_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.keras").write_text("my model")
+    (out / "notes.txt").write_text("mine")
+    proc = _tfquant(
+        "train", "--dataset", "digits", "--limit", "64", "--epochs", "1", "--out", str(out)
+    )
+    assert proc.returncode == 2
+    assert "holds a previous run (model.keras)" in proc.stderr and "--overwrite" in proc.stderr
+    assert (out / "model.keras").read_text() == "my model"
+    proc = _tfquant(
+        "train",
+        "--dataset",
+        "digits",
+        "--limit",
+        "64",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-convert",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "notes.txt").read_text() == "mine"  # only tfquant's artifacts are replaced
+    assert (out / "model.keras").read_bytes()[:2] == b"PK"  # a real .keras zip now

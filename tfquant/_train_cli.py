@@ -1,0 +1,84 @@
+"""``tfquant train``: the subcommand over :func:`tfquant.train.run`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    from tfquant.train import METHODS, TrainConfig
+
+    defaults = TrainConfig()
+    p = subparsers.add_parser(
+        "train",
+        help="train a zoo network on real data, finalize, save, convert and benchmark it",
+        description=(
+            "Train a binary network from the zoo on an offline dataset, finalize it, save "
+            "model.keras, convert it through LCE to model.tflite, benchmark it and write "
+            "report.json, report.md and curves.png to --out."
+        ),
+    )
+    p.add_argument(
+        "--dataset", default=defaults.dataset, help="fashion_mnist (default), mnist, digits"
+    )
+    p.add_argument("--model", default=defaults.model, help="bireal_cnn (default) or binary_cnn")
+    p.add_argument(
+        "--method", default=defaults.method, help=f"one of {', '.join(METHODS)} (default md-tanh-s)"
+    )
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the method's")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N samples only")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", default=defaults.out, help="output directory (default runs/train)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run's artifacts in --out"
+    )
+    p.add_argument("--no-convert", action="store_true", help="skip conversion and benchmarking")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tfquant.cli import UsageError
+    from tfquant.datasets import DatasetNotFoundError
+    from tfquant.train import TrainConfig, check_config, run
+
+    config = TrainConfig(
+        dataset=args.dataset,
+        model=args.model,
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        limit=args.limit,
+        seed=args.seed,
+        out=args.out,
+        overwrite=args.overwrite,
+        convert=not args.no_convert,
+        verbose=0 if args.quiet else None,
+    )
+    try:
+        check_config(config)
+        report = run(config)
+    except (ValueError, DatasetNotFoundError) as e:
+        if type(e).__module__.startswith("tfquant.converters"):
+            raise
+        raise UsageError(str(e)) from e
+    brief = {
+        "test_accuracy": report["test_accuracy"],
+        "test_accuracy_tflite": report.get("test_accuracy_tflite"),
+        "tflite_bytes": report.get("tflite_bytes"),
+        "bitpacked_bytes": report["size"]["bitpacked_bytes"],
+        "latency_ms_1thread": (report.get("latency_ms") or {}).get("median_ms"),
+        "ops": (report.get("conversion") or {}).get("ops"),
+        "train_seconds": round(report["train_seconds"], 1),
+    }
+    print(json.dumps(brief, indent=2))
+    print(
+        f"Artifacts in {args.out}: model.keras, model.tflite, report.json, report.md, curves.png",
+        file=sys.stdout,
+    )
+    return 0

@@ -1,0 +1,282 @@
+"""The main job: train a zoo network on a real dataset, finalize, save, convert, benchmark.
+
+``tfquant train`` is a thin command line over :func:`run`. Artifacts in ``out``:
+``model.keras`` (finalized: kernels hold their exact quantized values), ``model.tflite``
+(LCE flatbuffer), ``report.json`` and ``report.md`` (accuracy, size, latency, conversion
+report, model summary) and ``curves.png`` (training curves; needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from tfquant import datasets, zoo
+from tfquant._keras import keras
+from tfquant.models import finalize, summary
+
+__all__ = ["METHODS", "ARTIFACTS", "TrainConfig", "run", "check_config"]
+
+METHODS = ("md-tanh-s", "md-softmax-s", "binary-relax", "ste")
+ARTIFACTS = ("model.keras", "model.tflite", "report.json", "report.md", "curves.png")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What ``tfquant train`` runs. Defaults are the README's main job."""
+
+    dataset: str = "fashion_mnist"
+    model: str = "bireal_cnn"
+    method: str = "md-tanh-s"
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float | None = None  # None: the method's default
+    limit: int | None = None  # use only the first `limit` training (and limit//4 test) samples
+    seed: int = 0
+    out: str = "runs/train"
+    overwrite: bool = False
+    convert: bool = True
+    verbose: int | None = None  # Keras verbosity; None: progress bar on a terminal, else lines
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise ValueError naming what was expected and what was received."""
+    if config.dataset not in datasets.DATASETS:
+        raise ValueError(
+            f"Unknown dataset {config.dataset!r}. Expected one of {sorted(datasets.DATASETS)}."
+        )
+    if config.model not in zoo.MODELS:
+        raise ValueError(f"Unknown model {config.model!r}. Expected one of {sorted(zoo.MODELS)}.")
+    if config.method not in METHODS:
+        raise ValueError(f"Unknown method {config.method!r}. Expected one of {list(METHODS)}.")
+    for name in ("epochs", "batch_size"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"Expected {name} an integer >= 1. Received: {name}={value!r}")
+    if config.limit is not None and config.limit < 8:
+        raise ValueError(f"Expected limit >= 8 samples. Received: limit={config.limit}")
+    if config.learning_rate is not None and not config.learning_rate > 0:
+        raise ValueError(f"Expected learning_rate > 0. Received: {config.learning_rate}")
+    out = pathlib.Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Expected --out to be a directory. Received: {out}, which is a file")
+    previous = [name for name in ARTIFACTS if (out / name).exists()]
+    if previous and not config.overwrite:
+        raise ValueError(
+            f"{out} holds a previous run ({', '.join(previous)}). Choose another --out, or "
+            "pass --overwrite to replace those files (other files there are left alone)."
+        )
+
+
+def _method(config: TrainConfig, model_kwargs: dict) -> tuple[Any, list, dict]:
+    """(optimizer, callbacks, model kwargs) of a training method."""
+    from tfquant.callbacks import BetaAnnealing
+    from tfquant.optimizers import MirrorDescent
+
+    lr = config.learning_rate
+    if config.method in ("md-tanh-s", "md-softmax-s"):
+        mirror_map = "tanh" if config.method == "md-tanh-s" else "softmax"
+        optimizer = MirrorDescent(learning_rate=lr or 1e-2, mirror_map=mirror_map)
+        return optimizer, [BetaAnnealing()], model_kwargs
+    if config.method == "binary-relax":
+        return (
+            keras.optimizers.Adam(lr or 1e-3),
+            [],
+            {**model_kwargs, "kernel_quantizer": "scaled_sign"},
+        )
+    return keras.optimizers.Adam(lr or 1e-3), [], model_kwargs
+
+
+def _binary_relax_callbacks(model: keras.Model, epochs: int) -> list:
+    from tfquant.methods import binary_relax
+
+    # lambda from 1 to about 100 over the relaxed epochs, then phase two (exact Q, lr x0.1)
+    # in the last epoch: the benchmark's setting (benchmarks/binary_relax.py).
+    relaxed = max(epochs - 1, 1)
+    return binary_relax.apply(
+        model,
+        lambda_init=1.0,
+        growth=100.0 ** (1.0 / relaxed),
+        phase_two_epoch=epochs - 1 if epochs > 1 else None,
+        lr_multiplier=0.1 if epochs > 1 else None,
+        epochs=epochs,
+    )
+
+
+def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(predictions, -1) == labels))
+
+
+def _plot(history: dict, path: pathlib.Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[key], "o-", label=f"train {key}")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], "s--", label=f"test {key} (soft)")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def _markdown(report: dict, summary_table: str, conversion_text: str) -> str:
+    r = report
+    lat = r.get("latency_ms")
+    lines = [
+        f"# tfquant train: {r['config']['model']} on {r['config']['dataset']} ({r['config']['method']})",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| test accuracy, hard-quantized Keras | {r['test_accuracy']:.4f} |",
+    ]
+    if r.get("test_accuracy_tflite") is not None:
+        lines.append(
+            f"| test accuracy, TFLite (first {r['tflite_eval_samples']} test samples) | "
+            f"{r['test_accuracy_tflite']:.4f} (Keras on the same: {r['test_accuracy_keras_same_samples']:.4f}) |"
+        )
+    lines += [
+        f"| epochs / training time | {r['config']['epochs']} / {r['train_seconds']:.0f} s |",
+        f"| model size, bit-packed ideal | {r['size']['bitpacked_bytes'] / 1024:.1f} KiB |",
+        f"| float-32 equivalent | {r['size']['float32_bytes'] / 1024:.1f} KiB |",
+    ]
+    if r.get("tflite_bytes"):
+        lines.append(f"| model.tflite | {r['tflite_bytes'] / 1024:.1f} KiB |")
+    if lat:
+        lines.append(
+            f"| latency, LCE interpreter on this x86 CPU, 1 thread | {lat['median_ms']:.3f} ms |"
+        )
+    lines += [
+        "",
+        "## Conversion",
+        "",
+        "```",
+        conversion_text,
+        "```",
+        "",
+        "## Model",
+        "",
+        "```",
+        summary_table,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(config: TrainConfig) -> dict:
+    """Run the main job; returns the report (also written to ``out/report.json``).
+
+    Raises:
+        ValueError: a bad configuration (see :func:`check_config`).
+        tfquant.datasets.DatasetNotFoundError: the dataset's offline source is missing.
+        tfquant.converters.ConversionError: the trained model did not convert.
+    """
+    check_config(config)
+    out = pathlib.Path(config.out)
+    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    say = (lambda m: print(f"[tfquant train] {m}", flush=True)) if verbose else (lambda m: None)
+
+    say(f"loading {config.dataset}")
+    (xtr, ytr), (xte, yte) = datasets.load(config.dataset)
+    if config.limit:
+        xtr, ytr = xtr[: config.limit], ytr[: config.limit]
+        xte, yte = xte[: max(config.limit // 4, 8)], yte[: max(config.limit // 4, 8)]
+    keras.utils.set_random_seed(config.seed)
+    model_kwargs = {"input_shape": xtr.shape[1:], "classes": datasets.NUM_CLASSES[config.dataset]}
+    optimizer, callbacks, model_kwargs = _method(config, model_kwargs)
+    model = zoo.build(config.model, **model_kwargs)
+    if config.method == "binary-relax":
+        callbacks = _binary_relax_callbacks(model, config.epochs)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    say(
+        f"training {config.model} with {config.method} for {config.epochs} epoch(s) on {len(xtr)} samples"
+    )
+    start = time.perf_counter()
+    history = model.fit(
+        xtr,
+        ytr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        validation_data=(xte, yte),
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    train_seconds = time.perf_counter() - start
+
+    say("finalizing: exact quantized kernels, BatchNorm re-estimated on 20 training batches")
+    finalize(model, xtr[: 20 * config.batch_size], batch_size=config.batch_size)
+    test_pred = model.predict(xte, batch_size=512, verbose=0)
+    model_summary = summary(model, print_fn=None)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "model.tmp.keras"
+    model.save(tmp)
+    tmp.replace(out / "model.keras")
+
+    report: dict[str, Any] = {
+        "config": dataclasses.asdict(config),
+        "test_accuracy": _accuracy(test_pred, yte),
+        "test_samples": int(len(yte)),
+        "train_seconds": train_seconds,
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "size": {
+            "bitpacked_bytes": model_summary.memory_bytes,
+            "float32_bytes": model_summary.float32_bytes,
+            "compression": model_summary.compression,
+        },
+        "summary": model_summary.as_dict(),
+    }
+    conversion_text = "(not converted: --no-convert)"
+    if config.convert:
+        from tfquant import converters
+
+        say("converting through Larq Compute Engine")
+        flatbuffer, conversion = converters.convert_with_report(
+            model, calibration_data=xtr[:64], parity_inputs=xte[:64]
+        )
+        converters.write_atomic(out / "model.tflite", flatbuffer)
+        conversion_text = conversion.text()
+        n = min(len(xte), 1000)
+        tflite_pred = converters.inspect.run(flatbuffer, xte[:n])[0]
+        say("benchmarking latency in LCE's interpreter")
+        latency = converters.bench.local_latency(flatbuffer, threads=(1,), runs=50)[0]
+        report.update(
+            {
+                "tflite_bytes": len(flatbuffer),
+                "tflite_eval_samples": n,
+                "test_accuracy_tflite": _accuracy(tflite_pred, yte[:n]),
+                "test_accuracy_keras_same_samples": _accuracy(test_pred[:n], yte[:n]),
+                "latency_ms": latency,
+                "conversion": conversion.as_dict(),
+            }
+        )
+    report["curves_png"] = _plot(history.history, out / "curves.png")
+    _write_text(out / "report.json", json.dumps(report, indent=2))
+    _write_text(out / "report.md", _markdown(report, model_summary.table(), conversion_text))
+    return report
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
