@@ -2,8 +2,12 @@
 
 import importlib.util
 import pathlib
+import sys
+
+import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))  # the examples import their helper module _data
 
 
 def _load(name):
@@ -19,3 +23,13 @@ def test_quickstart_trains_converts_and_matches(tmp_path):
     assert report["max_abs_diff_keras_tflite"] < 1e-4
     assert (tmp_path / "model.tflite").stat().st_size == report["tflite_bytes"]
     assert (tmp_path / "model.keras").exists()
+
+
+@pytest.mark.parametrize("name", ["mirror_descent", "binary_relax", "ste"])
+def test_method_examples_run_on_a_slice(name, tmp_path):
+    result = _load(name).main(
+        ["--dataset", "digits", "--limit", "256", "--epochs", "2", "--out", str(tmp_path)]
+    )
+    assert result["ops"]["LceBconv2d"] == 6
+    assert (tmp_path / "model.tflite").stat().st_size > 0
+    assert 0.0 <= result["accuracy"] <= 1.0
