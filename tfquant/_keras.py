@@ -20,8 +20,9 @@ _HOW_TO_FIX = (
 def _select_legacy_keras() -> None:
     if "tensorflow" not in sys.modules:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
-        # TensorFlow's C++ start-up lines (CUDA plugin registration...) are noise for users.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # TensorFlow's C++ start-up lines ("Unable to register cuDNN factory"... at ERROR level
+        # on every import) are noise for users; Python exceptions still carry real errors.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 _select_legacy_keras()
