@@ -6,16 +6,15 @@ Adam), finalize it, convert it.
 
 import sys
 
-import numpy as np
-from _data import arguments, load
+from _common import arguments, evaluate_and_convert, load
 
 import tfquant
-from tfquant import converters, zoo
+from tfquant import zoo
 from tfquant._keras import keras
 
 
 def main(argv=None) -> dict:
-    args = arguments(__doc__, epochs=3)(argv)
+    args = arguments(__doc__, epochs=3, argv=argv)
     (xtr, ytr), (xte, yte) = load(args.dataset, args.limit)
     model = zoo.bireal_cnn(input_shape=xtr.shape[1:], kernel_quantizer="ste_sign")
     model.compile(
@@ -26,15 +25,7 @@ def main(argv=None) -> dict:
     model.fit(xtr, ytr, epochs=args.epochs, batch_size=128, verbose=2)
     tfquant.finalize(model, xtr[:2560])
     tfquant.summary(model)
-    accuracy = float(np.mean(np.argmax(model.predict(xte, verbose=0), -1) == yte))
-    flatbuffer = converters.convert(model)
-    if args.out:
-        converters.write_atomic(f"{args.out}/model.tflite", flatbuffer)
-    ops = converters.inspect.op_counts(flatbuffer)
-    print(
-        f"hard-quantized test accuracy {accuracy:.4f}; LceBconv2d ops: {ops.get('LceBconv2d', 0)}"
-    )
-    return {"accuracy": accuracy, "ops": ops}
+    return evaluate_and_convert(model, xte, yte, args.out)
 
 
 if __name__ == "__main__":

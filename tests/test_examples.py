@@ -7,7 +7,7 @@ import sys
 import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))  # the examples import their helper module _data
+sys.path.insert(0, str(EXAMPLES))  # the examples import their helper module _common
 
 
 def _load(name):
