@@ -23,3 +23,11 @@ def _seed():
     np.random.seed(1234)
     yield
     tf.keras.backend.clear_session()
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """One MirroredStrategy over the two logical CPUs for the whole session: several strategy
+    objects in one process reuse CPU collective instance keys, and their all-reduces then
+    collide ("Shape mismatch in the collective instance 100")."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -329,8 +329,8 @@ def test_model_save_load_keeps_lambda(tmp_path, fmt):
     np.testing.assert_allclose(loaded(DATA[0]).numpy(), model(DATA[0]).numpy(), atol=1e-6)
 
 
-def test_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_under_mirrored_strategy(mirrored):
+    strategy = mirrored
     with strategy.scope():
         model = dense_model()
         model.compile(keras.optimizers.SGD(0.1), "mse")

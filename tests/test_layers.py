@@ -184,8 +184,8 @@ def test_metadata_on_trainable_variables():
     assert info.layer_name == "quant_dense"
 
 
-def test_metadata_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_metadata_under_mirrored_strategy(mirrored):
+    strategy = mirrored
     with strategy.scope():
         model = _model()
     kernel = model.layers[0].kernel

@@ -360,14 +360,14 @@ def test_model_save_keeps_the_duals(tmp_path):
 
 
 @pytest.mark.parametrize("mirror_map, stable", [("tanh", True), ("softmax", False)])
-def test_mirrored_strategy_matches_single_device(mirror_map, stable):
+def test_mirrored_strategy_matches_single_device(mirror_map, stable, mirrored):
     x, y = _data(n=16)
     fit = dict(batch_size=8, epochs=2, shuffle=False, verbose=0)
     single = _conv_model()
     _compile(single, mirror_map=mirror_map, stable=stable)
     single.fit(x, y, **fit)
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored
     with strategy.scope():
         mirrored = _conv_model()
         _compile(mirrored, mirror_map=mirror_map, stable=stable)
