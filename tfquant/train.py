@@ -74,39 +74,35 @@ def check_config(config: TrainConfig) -> None:
         )
 
 
-def _method(config: TrainConfig, model_kwargs: dict) -> tuple[Any, list, dict]:
-    """(optimizer, callbacks, model kwargs) of a training method."""
-    from tfquant.callbacks import BetaAnnealing
-    from tfquant.optimizers import MirrorDescent
+# BinaryRelax relaxes a scaled binary quantizer (the paper's); the others train plain signs.
+_KERNEL_QUANTIZER = {"binary-relax": "scaled_sign"}
 
+
+def _method(config: TrainConfig, model: keras.Model) -> tuple[Any, list]:
+    """(optimizer, callbacks) of the training method, for a model built for it."""
     lr = config.learning_rate
     if config.method in ("md-tanh-s", "md-softmax-s"):
+        from tfquant.callbacks import BetaAnnealing
+        from tfquant.optimizers import MirrorDescent
+
         mirror_map = "tanh" if config.method == "md-tanh-s" else "softmax"
-        optimizer = MirrorDescent(learning_rate=lr or 1e-2, mirror_map=mirror_map)
-        return optimizer, [BetaAnnealing()], model_kwargs
+        return MirrorDescent(learning_rate=lr or 1e-2, mirror_map=mirror_map), [BetaAnnealing()]
     if config.method == "binary-relax":
-        return (
-            keras.optimizers.Adam(lr or 1e-3),
-            [],
-            {**model_kwargs, "kernel_quantizer": "scaled_sign"},
+        from tfquant.methods import binary_relax
+
+        # lambda from 1 to 100 over the relaxed epochs, then phase two (exact Q, lr x0.1) in
+        # the last epoch: the setting of benchmarks/binary_relax.py.
+        epochs = config.epochs
+        callbacks = binary_relax.apply(
+            model,
+            lambda_init=1.0,
+            growth=100.0 ** (1.0 / max(epochs - 1, 1)),
+            phase_two_epoch=epochs - 1 if epochs > 1 else None,
+            lr_multiplier=0.1 if epochs > 1 else None,
+            epochs=epochs,
         )
-    return keras.optimizers.Adam(lr or 1e-3), [], model_kwargs
-
-
-def _binary_relax_callbacks(model: keras.Model, epochs: int) -> list:
-    from tfquant.methods import binary_relax
-
-    # lambda from 1 to about 100 over the relaxed epochs, then phase two (exact Q, lr x0.1)
-    # in the last epoch: the benchmark's setting (benchmarks/binary_relax.py).
-    relaxed = max(epochs - 1, 1)
-    return binary_relax.apply(
-        model,
-        lambda_init=1.0,
-        growth=100.0 ** (1.0 / relaxed),
-        phase_two_epoch=epochs - 1 if epochs > 1 else None,
-        lr_multiplier=0.1 if epochs > 1 else None,
-        epochs=epochs,
-    )
+        return keras.optimizers.Adam(lr or 1e-3), callbacks
+    return keras.optimizers.Adam(lr or 1e-3), []
 
 
 def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -211,11 +207,13 @@ def run(config: TrainConfig) -> dict:
         xtr, ytr = xtr[: config.limit], ytr[: config.limit]
         xte, yte = xte[: max(config.limit // 4, 8)], yte[: max(config.limit // 4, 8)]
     keras.utils.set_random_seed(config.seed)
-    model_kwargs = {"input_shape": xtr.shape[1:], "classes": datasets.NUM_CLASSES[config.dataset]}
-    optimizer, callbacks, model_kwargs = _method(config, model_kwargs)
-    model = zoo.build(config.model, **model_kwargs)
-    if config.method == "binary-relax":
-        callbacks = _binary_relax_callbacks(model, config.epochs)
+    model = zoo.build(
+        config.model,
+        input_shape=xtr.shape[1:],
+        classes=datasets.NUM_CLASSES[config.dataset],
+        kernel_quantizer=_KERNEL_QUANTIZER.get(config.method, "ste_sign"),
+    )
+    optimizer, callbacks = _method(config, model)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     say(

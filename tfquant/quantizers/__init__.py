@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfquant._keras import keras, tf
-from tfquant.quantizers import _ste
+from tfquant._keras import keras
 from tfquant.quantizers._ste import (
     approx_sign,
     scaled_sign,
@@ -313,8 +312,3 @@ def get(identifier: Any) -> Quantizer | None:
         "Expected a quantizer: None, a string alias, a config dict or a "
         f"tfquant.quantizers.Quantizer. Received: {identifier!r} of type {type(identifier).__name__}"
     )
-
-
-# Re-exported for users that want the pure function behind a class.
-functional = _ste
-del tf
