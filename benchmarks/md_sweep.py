@@ -68,7 +68,9 @@ def make_method(variant: str, steps: int):
             raise ValueError(f"Unknown option {option!r} in variant {variant!r}")
     rate = keras.optimizers.schedules.CosineDecay(lr, steps) if cosine else lr
     if base == "md":
-        return tfquant.MirrorDescent(learning_rate=rate, **kwargs), [BetaAnnealing(fraction)]
+        return tfquant.MirrorDescent(learning_rate=rate, **kwargs), [
+            BetaAnnealing(fraction=fraction)
+        ]
     return keras.optimizers.Adam(rate, **kwargs), []
 
 
