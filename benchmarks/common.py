@@ -127,6 +127,17 @@ def fit_and_evaluate(
     }
 
 
+def parse_seeds(parser, text: str) -> list[int]:
+    """The integers of a comma-separated ``--seeds`` value; a usage error (exit 2) otherwise."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers. Received: {text!r}")
+    if not seeds:
+        parser.error(f"--seeds needs at least one seed. Received: {text!r}")
+    return seeds
+
+
 def machine() -> dict:
     return {
         "python": platform.python_version(),

@@ -319,12 +319,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1. Received: {args.epochs}")
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        parser.error(f"--seeds must be comma-separated integers. Received: {args.seeds!r}")
-    if not seeds:
-        parser.error(f"--seeds needs at least one seed. Received: {args.seeds!r}")
+    seeds = common.parse_seeds(parser, args.seeds)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     if not 0 < args.subset <= 50000:
         parser.error(f"--subset must be in [1, 50000]. Received: {args.subset}")
     variants = [v for v in args.variants.split(",") if v]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds = common.parse_seeds(parser, args.seeds)
     (x, y), _ = common.load_data("fashion_mnist")
     train, validation = (x[: args.subset], y[: args.subset]), (x[50000:], y[50000:])
     steps = -(-args.subset // args.batch_size) * args.epochs

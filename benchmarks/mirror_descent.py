@@ -125,9 +125,7 @@ def main(argv=None) -> dict:
         "fashion_mnist", subset=args.subset or None, test_subset=args.test_subset or None
     )
     table = methods(md_lr, args.adam_learning_rate)
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    if not seeds:
-        parser.error(f"--seeds needs at least one seed. Received: {args.seeds!r}")
+    seeds = common.parse_seeds(parser, args.seeds)
     results, models = {}, {}
     for name in args.methods.split(","):
         make_optimizer, make_callbacks = table[name]
