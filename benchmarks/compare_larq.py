@@ -163,6 +163,12 @@ def copy_weights(source: keras.Model, target: keras.Model, sign_binary_kernels: 
     return copied
 
 
+def md_kwargs(args) -> dict:
+    """MirrorDescent's arguments given on the command line (its defaults otherwise)."""
+    given = {"learning_rate": args.md_learning_rate, "beta_max": args.md_beta_max}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def build(method: str, reference: keras.Model, args) -> tuple[keras.Model, object, list]:
     """(model with the reference's weights, optimizer, callbacks) of ``method``."""
     callbacks: list = []
@@ -183,7 +189,7 @@ def build(method: str, reference: keras.Model, args) -> tuple[keras.Model, objec
         optimizer = keras.optimizers.Adam(args.adam_learning_rate)
     elif method == "tfquant_md_tanh_s":
         model = zoo.binary_cnn(kernel_quantizer="ste_sign")
-        optimizer = tfquant.MirrorDescent()
+        optimizer = tfquant.MirrorDescent(**md_kwargs(args))
         callbacks = [BetaAnnealing()]
     elif method == "tfquant_binary_relax":
         model = zoo.binary_cnn(kernel_quantizer="scaled_sign")
@@ -310,6 +316,12 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--adam-learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--md-learning-rate", type=float, default=None, help="default: MirrorDescent's own"
+    )
+    parser.add_argument(
+        "--md-beta-max", type=float, default=None, help="default: MirrorDescent's own"
+    )
     parser.add_argument("--bop-threshold", type=float, default=1e-6)
     parser.add_argument("--bop-gamma", type=float, default=1e-3)
     parser.add_argument("--bn-batches", type=int, default=20)
@@ -320,6 +332,7 @@ def main(argv=None) -> dict:
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1. Received: {args.epochs}")
     seeds = common.parse_seeds(parser, args.seeds)
+    md_config = tfquant.MirrorDescent(**md_kwargs(args)).get_config()
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -383,7 +396,9 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "seeds": seeds,
         "adam_learning_rate": args.adam_learning_rate,
-        "md_learning_rate": float(f"{tfquant.MirrorDescent().get_config()['learning_rate']:.6g}"),
+        "md": {
+            k: float(f"{v:.6g}") for k, v in md_config.items() if k in ("learning_rate", "beta_max")
+        },
         "bop": {"threshold": args.bop_threshold, "gamma": args.bop_gamma},
         "versions": {
             "larq": larq.__version__,
