@@ -127,6 +127,18 @@ def fit_and_evaluate(
     }
 
 
+def over_seeds(key: str, values) -> dict:
+    """``{key: mean, key_std: sample std (None for one seed), key_per_seed: values}``.
+
+    Methods are compared on the mean: one seed's difference between them is mostly noise."""
+    values = [float(v) for v in values]
+    return {
+        key: float(np.mean(values)),
+        f"{key}_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        f"{key}_per_seed": values,
+    }
+
+
 def parse_seeds(parser, text: str) -> list[int]:
     """The integers of a comma-separated ``--seeds`` value; a usage error (exit 2) otherwise."""
     try:

@@ -14,9 +14,9 @@ Each variant is a base method and ``+``-joined options::
     +ema                Keras use_ema=True, ema_momentum=0.99 (the kernels finalize sees
                         are the moving average)
 
-Prints one JSON object per run (and appends it to ``--out``), then a JSON summary: mean
-and per-seed validation accuracy of each variant. Usage (about 1-1.5 minutes per run on
-2 CPU cores)::
+Prints one JSON object per run (and appends it to ``--out``), then a JSON summary: the mean,
+standard deviation and per-seed validation accuracy of each variant. Usage (about 1-1.5
+minutes per run on 2 CPU cores)::
 
     .venv/bin/python benchmarks/md_sweep.py --arch binary_cnn \\
         --variants ste,md,md+lr3e-3+bm1000 --seeds 0,1
@@ -35,7 +35,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-import numpy as np  # noqa: E402
 
 import tfquant  # noqa: E402
 from tfquant import zoo  # noqa: E402
@@ -136,11 +135,10 @@ def main(argv=None) -> dict:
         "validation_images": "fashion_mnist train[50000:60000]",
         "epochs": args.epochs,
         "seeds": seeds,
-        "validation_accuracy_hard": {
-            v: {
-                "mean": float(np.mean([r["validation_accuracy_hard"] for r in rs])),
-                "per_seed": [r["validation_accuracy_hard"] for r in rs],
-            }
+        "results": {
+            v: common.over_seeds(
+                "validation_accuracy_hard", [r["validation_accuracy_hard"] for r in rs]
+            )
             for v, rs in runs.items()
         },
         "machine": common.machine(),

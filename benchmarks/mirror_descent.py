@@ -17,7 +17,7 @@ Every method trains once per seed of ``--seeds`` (default 0, 1, 2: initial weigh
 shuffling); accuracies are means over seeds, with the per-seed values and their standard
 deviation (1-2 points between seeds here, more than most differences between methods).
 
-Usage (about 5 minutes per seed on 2 CPU cores)::
+Usage (about 2 minutes per seed on 2 CPU cores)::
 
     .venv/bin/python benchmarks/mirror_descent.py --subset 20000 --epochs 3
 
@@ -149,14 +149,10 @@ def main(argv=None) -> dict:
             print(name, run, file=sys.stderr, flush=True)
             runs.append(run)
         models[name] = model
-        hard = np.array([r["test_accuracy_hard"] for r in runs])
-        soft_acc = np.array([r["test_accuracy_soft_bn_reestimated"] for r in runs])
+        soft_acc = [r["test_accuracy_soft_bn_reestimated"] for r in runs]
         results[name] = {
-            # Means over seeds: one seed's difference between methods is mostly noise.
-            "test_accuracy_hard": float(hard.mean()),
-            "test_accuracy_hard_std": float(hard.std(ddof=1)) if len(runs) > 1 else None,
-            "test_accuracy_hard_per_seed": [float(a) for a in hard],
-            "test_accuracy_soft_bn_reestimated": float(soft_acc.mean()),
+            **common.over_seeds("test_accuracy_hard", [r["test_accuracy_hard"] for r in runs]),
+            "test_accuracy_soft_bn_reestimated": float(np.mean(soft_acc)),
             "seconds_per_step": float(np.median([r["seconds_per_step"] for r in runs])),
             "runs": runs,
         }
