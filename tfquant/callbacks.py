@@ -4,6 +4,9 @@ Example:
 
 >>> from tfquant.callbacks import BetaAnnealing, BetaLogger
 >>> callbacks = [BetaAnnealing(), BetaLogger()]  # model.fit(..., callbacks=callbacks)
+
+:class:`HardValidation` validates the network ``tfquant.finalize`` will deploy while any
+method trains, and can keep the best epoch.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from tfquant._keras import keras, tf
 
-__all__ = ["BetaAnnealing", "BetaLogger", "quantization_gap"]
+__all__ = ["BetaAnnealing", "BetaLogger", "HardValidation", "quantization_gap"]
 
 
 def _mirror_descent(model, optimizer):
@@ -138,3 +141,154 @@ class BetaLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+_MODES = ("auto", "max", "min")
+
+
+class HardValidation(keras.callbacks.Callback):
+    r"""Validate the hard-quantized network at every epoch end, as ``tfquant.finalize`` makes it.
+
+    While ``MirrorDescent`` trains, the forward pass uses the soft primal
+    :math:`P_\beta(u)`, and BatchNorm's moving statistics follow it: Keras's ``val_accuracy``
+    then measures a network that is never deployed (for STE and BinaryRelax too, the moving
+    statistics lag the weights). At each epoch end this callback saves the model's weights,
+    applies :func:`tfquant.finalize` (exact quantized kernels, BatchNorm re-estimated on
+    ``bn_data``), evaluates the compiled loss and metrics on ``validation_data``, adds them to
+    the logs as ``hard_val_loss``, ``hard_val_accuracy``, ... and puts the weights back, so
+    training continues exactly as without the callback. Place it before callbacks that
+    read the logs (``TensorBoard``, ``ModelCheckpoint``, ``EarlyStopping``).
+
+    The mirror-descent authors validate the hard-rounded network during training and keep
+    the best; ``restore_best=True`` does that: at the end of ``fit`` the model's weights and
+    the optimizer's state (duals, moments, iterations) return to the end of the best epoch by
+    ``monitor``, so ``tfquant.finalize(model, bn_data)`` then gives the network that scored
+    best. It keeps one copy of both (about 3-4x the weights' memory with Adam or
+    ``MirrorDescent``).
+
+    Args:
+        validation_data: ``(x, y)`` arrays, or a ``tf.data.Dataset`` of ``(x, y)`` batches;
+            never the test set if the best epoch is chosen with it.
+        bn_data: the training inputs BatchNorm is re-estimated on (what ``finalize`` will be
+            given: an array, a dataset of ``x`` or ``(x, y)`` batches), or ``None`` to keep
+            the moving statistics (for models without BatchNorm).
+        bn_steps: at most this many batches of ``bn_data`` (default 20).
+        batch_size: batch size for arrays.
+        monitor: the log key that picks the best epoch (default ``"hard_val_accuracy"``).
+        mode: ``"max"``, ``"min"`` or ``"auto"`` (``min`` for keys containing ``loss``).
+        restore_best: return to the best epoch's state at the end of ``fit``.
+
+    Attributes:
+        best: the best ``monitor`` value so far; ``best_epoch``: its epoch (0-based).
+
+    Example:
+
+    >>> import numpy as np
+    >>> import tfquant
+    >>> from tfquant._keras import keras
+    >>> model = keras.Sequential([keras.Input((8,)),
+    ...     tfquant.layers.QuantDense(3, kernel_quantizer="ste_sign"),
+    ...     keras.layers.BatchNormalization(), keras.layers.Softmax()])
+    >>> model.compile(tfquant.MirrorDescent(), "sparse_categorical_crossentropy", ["accuracy"])
+    >>> x, y = np.random.default_rng(0).normal(size=(64, 8)), np.arange(64) % 3
+    >>> hard = tfquant.callbacks.HardValidation((x, y), bn_data=x, restore_best=True)
+    >>> history = model.fit(x, y, epochs=2, callbacks=[hard], verbose=0)
+    >>> sorted(k for k in history.history if k.startswith("hard_val"))
+    ['hard_val_accuracy', 'hard_val_loss']
+    >>> hard.best_epoch in (0, 1)
+    True
+    """
+
+    def __init__(
+        self,
+        validation_data,
+        bn_data=None,
+        *,
+        bn_steps: int | None = 20,
+        batch_size: int = 128,
+        monitor: str = "hard_val_accuracy",
+        mode: str = "auto",
+        restore_best: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(validation_data, tf.data.Dataset):
+            self._x, self._y = validation_data, None
+        elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            self._x, self._y = validation_data
+        else:
+            raise ValueError(
+                "Expected validation_data as (x, y) arrays or a tf.data.Dataset of (x, y) "
+                f"batches. Received: {type(validation_data).__name__}"
+            )
+        if mode not in _MODES:
+            raise ValueError(f"Expected mode in {_MODES}. Received: mode={mode!r}")
+        if bn_steps is not None and (isinstance(bn_steps, bool) or int(bn_steps) < 1):
+            raise ValueError(f"Expected bn_steps None or >= 1. Received: bn_steps={bn_steps!r}")
+        self.bn_data = bn_data
+        self.bn_steps = bn_steps
+        self.batch_size = int(batch_size)
+        self.monitor = monitor
+        if mode == "auto":
+            mode = "min" if "loss" in monitor else "max"
+        self.mode = mode
+        self.restore_best = bool(restore_best)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self._best_state = None
+
+    def on_train_begin(self, logs=None):
+        if self.restore_best and getattr(self.model.optimizer, "use_ema", False):
+            raise ValueError(
+                "Expected an optimizer without use_ema=True when restore_best=True: the best "
+                "epoch is judged on the current weights, and fit replaces them with their "
+                "moving average before restore_best could act. Received: use_ema=True"
+            )
+        self.best, self.best_epoch, self._best_state = None, None, None
+
+    def _evaluate_hard(self) -> dict:
+        from tfquant.models import finalize
+
+        model = self.model
+        saved = model.get_weights()
+        try:
+            finalize(model, self.bn_data, batch_size=self.batch_size, steps=self.bn_steps)
+            if self._y is None:
+                results = model.evaluate(self._x, verbose=0, return_dict=True)
+            else:
+                results = model.evaluate(
+                    self._x, self._y, batch_size=self.batch_size, verbose=0, return_dict=True
+                )
+        finally:
+            model.set_weights(saved)
+        return {f"hard_val_{name}": float(value) for name, value in results.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        results = self._evaluate_hard()
+        if logs is not None:
+            logs.update(results)
+        if self.monitor not in results:
+            raise ValueError(
+                f"Expected monitor to be one of {sorted(results)} (the model's compiled loss "
+                f"and metrics, prefixed hard_val_). Received: monitor={self.monitor!r}"
+            )
+        value = results[self.monitor]
+        better = self.best is None or (
+            value > self.best if self.mode == "max" else value < self.best
+        )
+        if not better:
+            return
+        self.best, self.best_epoch = value, epoch
+        if self.restore_best:
+            optimizer = self.model.optimizer
+            self._best_state = (
+                self.model.get_weights(),
+                [v.numpy() for v in optimizer.variables],
+            )
+
+    def on_train_end(self, logs=None):
+        if not self.restore_best or self._best_state is None:
+            return
+        weights, optimizer_state = self._best_state
+        self.model.set_weights(weights)
+        for variable, value in zip(self.model.optimizer.variables, optimizer_state):
+            variable.assign(value)
