@@ -11,6 +11,8 @@ Each variant is a base method and ``+``-joined options::
     +bm1000             beta_max (md)
     +fr0.7              BetaAnnealing(fraction=0.7): beta_max after 70% of the run (md)
     +cos                cosine decay of the learning rate to 0 over the run
+    +hard0.8            beta_max at 80% of the run, then forward Q(w) (beta = infinity:
+                        BinaryConnect on the dual) for the last 20% (md)
     +ema                Keras use_ema=True, ema_momentum=0.99 (the kernels finalize sees
                         are the moving average)
 
@@ -44,6 +46,23 @@ from tfquant.callbacks import BetaAnnealing  # noqa: E402
 ARCHS = ("binary_cnn", "bireal_cnn", "binary_weight_cnn")
 
 
+class HardFinish(keras.callbacks.Callback):
+    """From step ``step`` on, forward ``Q(w)`` (gate 1): MD in the limit beta -> infinity,
+    i.e. BinaryConnect on the dual, for the rest of the run."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+        self.done = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        opt = self.model.optimizer
+        if not self.done and int(opt.iterations.numpy()) >= self.step:
+            for layer in tfquant.models.quantized_layers(self.model):
+                layer.kernel_gate.assign(1.0)
+            self.done = True
+
+
 def make_method(variant: str, steps: int):
     """(optimizer, callbacks) of a variant string such as ``md+lr3e-3+bm1000``."""
     base, *options = variant.split("+")
@@ -51,7 +70,7 @@ def make_method(variant: str, steps: int):
         raise ValueError(f"Expected a variant starting with md or ste. Received: {variant!r}")
     lr = 1e-2 if base == "md" else 1e-3
     kwargs: dict = {}
-    fraction, cosine = 1.0, False
+    fraction, cosine, hard = 1.0, False, None
     for option in options:
         if option.startswith("lr"):
             lr = float(option[2:])
@@ -59,6 +78,8 @@ def make_method(variant: str, steps: int):
             kwargs["beta_max"] = float(option[2:])
         elif option.startswith("fr") and base == "md":
             fraction = float(option[2:])
+        elif option.startswith("hard") and base == "md":
+            hard = float(option[4:])
         elif option == "cos":
             cosine = True
         elif option == "ema":
@@ -67,9 +88,10 @@ def make_method(variant: str, steps: int):
             raise ValueError(f"Unknown option {option!r} in variant {variant!r}")
     rate = keras.optimizers.schedules.CosineDecay(lr, steps) if cosine else lr
     if base == "md":
-        return tfquant.MirrorDescent(learning_rate=rate, **kwargs), [
-            BetaAnnealing(fraction=fraction)
-        ]
+        callbacks = [BetaAnnealing(fraction=fraction if hard is None else hard)]
+        if hard is not None:
+            callbacks.append(HardFinish(int(round(hard * steps))))
+        return tfquant.MirrorDescent(learning_rate=rate, **kwargs), callbacks
     return keras.optimizers.Adam(rate, **kwargs), []
 
 
