@@ -19,6 +19,7 @@ import numpy as np
 
 from tfquant import datasets, zoo
 from tfquant._keras import keras
+from tfquant.callbacks import HardValidation
 from tfquant.models import finalize, summary
 
 __all__ = ["METHODS", "ARTIFACTS", "TrainConfig", "run", "check_config"]
@@ -123,7 +124,11 @@ def _plot(history: dict, path: pathlib.Path, hard_accuracy: float | None = None)
         ax.plot(epochs, history[key], "o-", label=f"train {key}")
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "s--", label=f"test {key} (soft)")
-        if key == "accuracy" and hard_accuracy is not None:
+        if f"hard_val_{key}" in history:
+            ax.plot(
+                epochs, history[f"hard_val_{key}"], "r^-", label=f"test {key} (hard, finalized)"
+            )
+        elif key == "accuracy" and hard_accuracy is not None:
             ax.plot(
                 [epochs[-1]],
                 [hard_accuracy],
@@ -214,6 +219,11 @@ def run(config: TrainConfig) -> dict:
         kernel_quantizer=_KERNEL_QUANTIZER.get(config.method, "ste_sign"),
     )
     optimizer, callbacks = _method(config, model)
+    bn_data = xtr[: 20 * config.batch_size]
+    # Keras validates the network as it trains (soft under mirror descent, with lagging
+    # BatchNorm statistics); the curves also show the deployed one at every epoch. It only
+    # measures: no epoch is chosen on the test set.
+    callbacks = [*callbacks, HardValidation((xte, yte), bn_data, batch_size=config.batch_size)]
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     say(
@@ -232,7 +242,7 @@ def run(config: TrainConfig) -> dict:
     train_seconds = time.perf_counter() - start
 
     say("finalizing: exact quantized kernels, BatchNorm re-estimated on 20 training batches")
-    finalize(model, xtr[: 20 * config.batch_size], batch_size=config.batch_size)
+    finalize(model, bn_data, batch_size=config.batch_size)
     test_pred = model.predict(xte, batch_size=512, verbose=0)
     model_summary = summary(model, print_fn=None)
     out.mkdir(parents=True, exist_ok=True)
