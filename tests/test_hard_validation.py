@@ -72,8 +72,7 @@ def test_logs_the_finalized_network_and_leaves_training_unchanged(digits):
     scores = _finalized_scores(watched, train, validation)
     assert history.history["hard_val_accuracy"][-1] == pytest.approx(scores["accuracy"])
     assert history.history["hard_val_loss"][-1] == pytest.approx(scores["loss"], rel=1e-5)
-    # The soft network Keras would validate is not the deployed one.
-    assert scores["accuracy"] > 0.5
+    assert scores["accuracy"] > 0.5  # the finalized network learned (chance is 0.1)
 
 
 def test_restore_best_returns_model_and_optimizer_to_the_best_epoch(digits):

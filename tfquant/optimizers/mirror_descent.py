@@ -114,10 +114,9 @@ class MirrorDescent(keras.optimizers.Optimizer):
     (``benchmarks/md_sweep.py``: 0.819 against 0.805), though on the test set it stayed
     below larq (``benchmarks/compare_larq.py``, 8 seeds: 0.813 against 0.817 for STE + Adam
     and 0.821 for Bop); the defaults were better with float activations (0.845 against
-    0.840), so they stay. In longer runs
-    (50k images, 10 epochs, validation split) STE + Adam led the defaults by 0.4-0.9 points,
-    and smaller rates (the paper's 1e-3 included) left more duals near 0 and lost more at
-    ``finalize``. :class:`tfquant.callbacks.HardValidation` tracks the hard network during
+    0.840), so they stay. In longer runs (50k images, 10 epochs, validation split) STE + Adam
+    led the defaults by 0.4-0.9 points, and smaller rates (the paper's 1e-3 included) left
+    more duals near 0 and lost more at ``finalize``. :class:`tfquant.callbacks.HardValidation` tracks the hard network during
     training and can keep its best epoch.
 
     **Hard quantization.** ``tfquant.finalize(model)`` stores ``Q(w)``: sign for the tanh map,
