@@ -1,11 +1,13 @@
-"""Test set-up: Keras 2 before TensorFlow, two logical CPUs for tf.distribute, seeds."""
+"""Test set-up: two logical CPUs for tf.distribute, seeds."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tfquant  # noqa: E402,F401  (selects tf-keras before TensorFlow is imported)
-from tfquant._keras import tf  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tfquant  # noqa: E402,F401
 
 _cpus = tf.config.list_physical_devices("CPU")
 if not tf.config.get_logical_device_configuration(_cpus[0]):
@@ -19,10 +21,10 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _seed():
-    tf.keras.utils.set_random_seed(1234)
+    keras.utils.set_random_seed(1234)
     np.random.seed(1234)
     yield
-    tf.keras.backend.clear_session()
+    keras.backend.clear_session()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfquant import quantizers
-from tfquant._keras import keras, tf
+from tfquant._keras import iter_layers, keras, tf
 
 
 def np_sign(x):
@@ -60,7 +60,7 @@ def binary_cnn(kernel_quantizer="ste_sign", input_shape=(16, 16, 32), seed=0) ->
 def randomize_batchnorm(model: keras.Model, seed: int = 0) -> None:
     """Give BatchNorm layers non-trivial statistics so folding is exercised."""
     rng = np.random.default_rng(seed)
-    for bn in [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]:
+    for bn in [m for m in iter_layers(model) if isinstance(m, keras.layers.BatchNormalization)]:
         gamma, beta, mean, var = bn.get_weights()
         bn.set_weights(
             [

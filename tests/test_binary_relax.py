@@ -122,7 +122,7 @@ def test_metadata_delegates_to_the_wrapped_quantizer():
     inner = quantizers.UniformQuantizer(2, mode="weight")
     q = RelaxedQuantizer(inner)
     assert (q.precision, q.levels, q.scaled) == (2, inner.levels, False)
-    assert q.exact is inner
+    assert q.quantizer is inner
     assert RelaxedQuantizer("scaled_sign").scaled and RelaxedQuantizer("scaled_sign").precision == 1
 
 

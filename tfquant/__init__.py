@@ -1,12 +1,10 @@
-"""tfquant: train binary and low-bit networks in Keras, ship them through Larq Compute Engine.
+"""tfquant: train binary and low-bit networks in Keras 3, ship them through Larq Compute Engine.
 
-Importing tfquant selects the Keras 2 API (``TF_USE_LEGACY_KERAS=1``) when TensorFlow is not
-imported yet, and raises ``ImportError`` with instructions when TensorFlow was already
-imported with Keras 3 as ``tf.keras``.
+Keras 3 (``import keras``) on the TensorFlow backend; ``tensorflow``, ``keras`` and
+``tfquant`` import in any order, and tfquant reads and sets no environment variable.
 """
 
 from tfquant import (
-    _keras,  # noqa: F401  (must run before anything imports TensorFlow)
     callbacks,
     datasets,
     layers,

@@ -1,46 +1,61 @@
-"""Select the Keras 2 API (tf-keras) before TensorFlow is imported.
+"""Keras 3 (``import keras``) on the TensorFlow backend: the one place tfquant imports both.
 
-Larq Compute Engine's converter and tensorflow-model-optimization need the Keras 2 API, and
-Keras 3 on TF 2.16 crashes TF's TFLite converter on BatchNorm models (shared/LCE.md). Every
-tfquant module imports TensorFlow through this module so the environment is set first.
+tfquant's quantizers are ``tf.custom_gradient`` functions in the op shapes Larq Compute
+Engine recognises (shared/LCE.md), so the Keras backend must be TensorFlow. Import order is
+free and no environment variable is read or set: ``import keras`` is Keras 3 whatever
+``TF_USE_LEGACY_KERAS`` says; only ``tf.keras`` follows that variable, and tfquant never uses
+``tf.keras``.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+from typing import Any
 
-_HOW_TO_FIX = (
-    "tfquant needs the Keras 2 API (tf-keras). Set the environment variable "
-    "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported, e.g. `import tfquant` before "
-    "`import tensorflow`, or `export TF_USE_LEGACY_KERAS=1` in the shell."
+import keras
+import tensorflow as tf
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "tfquant needs Keras 3 on the TensorFlow backend (its quantizers use "
+        "tf.custom_gradient and TensorFlow ops that Larq Compute Engine converts). "
+        f"Received: Keras backend {keras.backend.backend()!r}. Set the environment variable "
+        "KERAS_BACKEND=tensorflow before importing keras, or set \"backend\": \"tensorflow\" "
+        "in ~/.keras/keras.json."
+    )
+
+_LEGACY_HINT = (
+    "tfquant is built on Keras 3 (the `keras` package, `import keras`); this object comes "
+    "from the legacy tf.keras (the `tf_keras` package, Keras 2, selected by "
+    "TF_USE_LEGACY_KERAS=1). Build the model with `import keras` (keras.Sequential, "
+    "keras.layers, keras.Model) and tfquant.layers, or load it with "
+    "keras.models.load_model after saving it as .keras."
 )
 
 
-def _select_legacy_keras() -> None:
-    if "tensorflow" not in sys.modules:
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"
-        # TensorFlow's C++ start-up lines ("Unable to register cuDNN factory"... at ERROR level
-        # on every import) are noise for users; Python exceptions still carry real errors.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def is_legacy_keras(obj: Any) -> bool:
+    """Whether ``obj`` (or its class) comes from tf-keras / Keras 2 rather than Keras 3."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return any(
+        c.__module__.split(".")[0] == "tf_keras"
+        or c.__module__.startswith(("tensorflow.python.keras", "keras.engine"))
+        for c in cls.__mro__
+    )
 
 
-_select_legacy_keras()
-
-import tensorflow as tf  # noqa: E402
-
-
-def _check_keras_version() -> None:
-    module = tf.keras.layers.Layer.__module__.split(".")[0]
-    if module != "tf_keras":
-        raise ImportError(
-            f"TensorFlow was imported with the package {module!r} as tf.keras (Keras 3); "
-            f"expected Keras 2 (tf-keras). {_HOW_TO_FIX}"
+def check_keras3(obj: Any, what: str = "model") -> None:
+    """Raise ``TypeError`` naming both Keras packages when ``obj`` is a tf-keras object."""
+    if is_legacy_keras(obj):
+        raise TypeError(
+            f"Expected a Keras 3 {what} (keras package). Received: {type(obj).__module__}."
+            f"{type(obj).__name__} from tf_keras. {_LEGACY_HINT}"
         )
 
 
-_check_keras_version()
+def iter_layers(model: Any) -> list:
+    """Every layer inside ``model`` (nested models and layers owned by layers included),
+    ``model`` itself first. Keras 3 has no public recursive walk (tf-keras' ``submodules``);
+    ``_flatten_layers`` is the one Keras uses itself, stable across Keras 3 releases."""
+    return list(model._flatten_layers(include_self=True, recursive=True))
 
-keras = tf.keras
 
-__all__ = ["tf", "keras"]
+__all__ = ["tf", "keras", "is_legacy_keras", "check_keras3", "iter_layers"]

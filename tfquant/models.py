@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tfquant._keras import keras, tf
+from tfquant._keras import check_keras3, iter_layers, keras, tf
 from tfquant.layers import QuantizerMixin
 
 __all__ = ["LayerSummary", "ModelSummary", "summary", "finalize", "quantized_layers"]
@@ -90,9 +90,8 @@ def _fmt_count(n: int) -> str:
 
 def quantized_layers(model: keras.Model) -> list[QuantizerMixin]:
     """Every tfquant quantized layer in ``model``, nested models included."""
-    return [m for m in model.submodules if isinstance(m, QuantizerMixin)] + (
-        [model] if isinstance(model, QuantizerMixin) else []
-    )
+    check_keras3(model)
+    return [m for m in iter_layers(model) if isinstance(m, QuantizerMixin)]
 
 
 def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -107,13 +106,11 @@ def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def _mac_count(layer: keras.layers.Layer) -> int:
     try:
-        out_shape = layer.output_shape
-    except (AttributeError, RuntimeError):
-        return 0
-    if isinstance(out_shape, list):
+        out_shape = tuple(layer.output.shape)
+    except (AttributeError, RuntimeError, ValueError):
         return 0
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kh, kw, _, _ = layer.depthwise_kernel.shape
+        kh, kw, _, _ = layer.kernel.shape
         return int(np.prod(out_shape[1:])) * kh * kw
     if isinstance(layer, keras.layers.Conv2D):
         kh, kw, cin_per_group, _ = layer.kernel.shape
@@ -167,6 +164,7 @@ def summary(model: keras.Model, print_fn: Callable[[str], Any] | None = print) -
     Returns:
         A :class:`ModelSummary` (``as_dict()`` gives plain JSON-able data).
     """
+    check_keras3(model)
     if not model.built:
         raise ValueError(f"Expected a built model. Received: {model.name!r}, which is not built")
     rows = [_layer_summary(layer) for layer in _leaf_layers(model)]
@@ -251,7 +249,7 @@ def reestimate_batchnorm(
 
     Returns the number of batches used. Momentum values are restored afterwards.
     """
-    bns = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    bns = [m for m in iter_layers(model) if isinstance(m, keras.layers.BatchNormalization)]
     if not bns:
         return 0
     saved = [bn.momentum for bn in bns]

@@ -6,11 +6,12 @@ input math is overridden; no private Keras hooks are used.
 
 Example:
 
+>>> import numpy as np
 >>> import tfquant
 >>> layer = tfquant.layers.QuantConv2D(
 ...     32, 3, padding="same", pad_values=1.0,
 ...     input_quantizer="ste_sign", kernel_quantizer="ste_sign", use_bias=False)
->>> layer(tfquant._keras.tf.ones((1, 8, 8, 32))).shape
+>>> layer(np.ones((1, 8, 8, 32), "float32")).shape
 TensorShape([1, 8, 8, 32])
 """
 
@@ -44,7 +45,7 @@ class QuantConv2D(QuantizerMixin, keras.layers.Conv2D):
     """2D convolution with quantized inputs and kernel.
 
     Args:
-        filters, kernel_size, ...: as :class:`tf.keras.layers.Conv2D`.
+        filters, kernel_size, ...: as :class:`keras.layers.Conv2D`.
         input_quantizer: quantizer of the inputs (alias, config, instance or ``None``).
         kernel_quantizer: quantizer of the kernel.
         pad_values: 0.0 or 1.0; with ``padding="same"``, the value the quantized input is
@@ -69,6 +70,14 @@ class QuantConv2D(QuantizerMixin, keras.layers.Conv2D):
         super().build(input_shape)
         self._build_quantization()
 
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        self._save_kernel_gate(store)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._load_kernel_gate(store)
+
     def convolution_op(self, inputs, kernel):
         inputs = self.quantize_input(inputs)
         kernel = self.quantize_kernel(kernel)
@@ -92,11 +101,9 @@ class QuantConv2D(QuantizerMixin, keras.layers.Conv2D):
 class QuantDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
     """Depthwise 2D convolution with quantized inputs and depthwise kernel.
 
-    Args: as :class:`tf.keras.layers.DepthwiseConv2D` plus ``input_quantizer``,
-    ``kernel_quantizer`` (applied to ``depthwise_kernel``) and ``pad_values``.
+    Args: as :class:`keras.layers.DepthwiseConv2D` plus ``input_quantizer``,
+    ``kernel_quantizer`` (applied to the depthwise ``kernel``) and ``pad_values``.
     """
-
-    _kernel_attr = "depthwise_kernel"
 
     def __init__(
         self,
@@ -117,12 +124,12 @@ class QuantDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
 
     def call(self, inputs):
         inputs = self.quantize_input(inputs)
-        kernel = self.quantize_kernel(self.depthwise_kernel)
+        kernel = self.quantize_kernel(self.kernel)
         padding = self.padding
         if self._uses_one_padding():
             inputs = self.pad_inputs(inputs, self.kernel_size, self.strides, self.dilation_rate)
             padding = "valid"
-        outputs = keras.backend.depthwise_conv2d(
+        outputs = keras.ops.depthwise_conv(
             inputs,
             kernel,
             strides=self.strides,
@@ -131,7 +138,8 @@ class QuantDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
             data_format=self.data_format,
         )
         if self.use_bias:
-            outputs = keras.backend.bias_add(outputs, self.bias, data_format=self.data_format)
+            fmt = "NHWC" if self.data_format == "channels_last" else "NCHW"
+            outputs = tf.nn.bias_add(outputs, self.bias, data_format=fmt)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
@@ -144,7 +152,7 @@ class QuantDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
 class QuantDense(QuantizerMixin, keras.layers.Dense):
     """Densely connected layer with quantized inputs and kernel.
 
-    Args: as :class:`tf.keras.layers.Dense` plus ``input_quantizer`` and
+    Args: as :class:`keras.layers.Dense` plus ``input_quantizer`` and
     ``kernel_quantizer``. (``pad_values`` does not apply to a dense layer.)
     """
 
@@ -158,7 +166,15 @@ class QuantDense(QuantizerMixin, keras.layers.Dense):
         super().build(input_shape)
         self._build_quantization()
 
-    def call(self, inputs):
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        self._save_kernel_gate(store)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._load_kernel_gate(store)
+
+    def call(self, inputs, training=None):
         if isinstance(inputs, (tf.SparseTensor, tf.RaggedTensor)):
             raise ValueError(
                 f"QuantDense expects a dense tensor. Received: {type(inputs).__name__}"

@@ -31,8 +31,15 @@ class KernelQuantization:
 
 
 def _components(variable) -> list:
+    """The Keras variable, the tf.Variable it wraps and, under tf.distribute, each replica's
+    component of that variable."""
+    out = [variable]
+    inner = getattr(variable, "_value", None)  # keras.Variable -> tf.Variable
+    if inner is not None and inner is not variable:
+        out.append(inner)
+        variable = inner
     values = getattr(variable, "values", None)  # tf.distribute DistributedVariable
-    return [variable, *values] if isinstance(values, tuple) else [variable]
+    return [*out, *values] if isinstance(values, tuple) else out
 
 
 def attach_quantization(variable, info: KernelQuantization) -> None:
@@ -50,6 +57,8 @@ def quantization_of(variable) -> KernelQuantization | None:
     if info is None and hasattr(variable, "_distributed_container"):
         container = variable._distributed_container()
         info = getattr(container, _ATTR, None)
+    if info is None and hasattr(variable, "_value"):  # keras.Variable wrapping a component
+        return quantization_of(variable._value) if variable._value is not variable else None
     return info
 
 
@@ -101,16 +110,27 @@ class QuantizerMixin:
             shape=(),
             initializer="ones",
             trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            aggregation="only_first_replica",
         )
         attach_quantization(
             kernel, KernelQuantization(self.kernel_quantizer, self.kernel_gate, self.name)
         )
 
+    def _save_kernel_gate(self, store) -> None:
+        # Keras 3's Conv and Dense save only their kernel and bias: keep the gate too, since
+        # a finalized layer (gate 0) forwards its stored kernel, not Q(kernel).
+        if self.built and self.kernel_gate is not None:
+            store["kernel_gate"] = self.kernel_gate
+
+    def _load_kernel_gate(self, store) -> None:
+        if self.built and self.kernel_gate is not None and "kernel_gate" in store.keys():
+            self.kernel_gate.assign(store["kernel_gate"])
+
     def quantize_kernel(self, kernel):
         """The kernel the forward pass uses: ``g * Q(w) + (1 - g) * w``."""
         if self.kernel_quantizer is None:
             return kernel
+        kernel = tf.convert_to_tensor(kernel)
         q = self.kernel_quantizer(kernel)
         gate = tf.cast(self.kernel_gate, q.dtype)
         return gate * q + (1.0 - gate) * kernel

@@ -179,7 +179,7 @@ class RelaxedQuantizer(quantizers.Quantizer):
     >>> u = q(tfquant._keras.tf.constant([-0.2, 0.6]))  # (x + 3 sign(x)) / 4
     >>> [round(float(v), 4) for v in u]
     [-0.8, 0.9]
-    >>> q.exact.get_config()["name"], q.levels
+    >>> q.quantizer.get_config()["name"], q.levels
     ('ste_sign', (-1.0, 1.0))
     """
 
@@ -207,9 +207,8 @@ class RelaxedQuantizer(quantizers.Quantizer):
     def scaled(self) -> bool:  # type: ignore[override]
         return self.quantizer.scaled
 
-    @property
-    def exact(self) -> quantizers.Quantizer:
-        return self.quantizer.exact
+    def exact(self, inputs):
+        return self.quantizer.exact(inputs)
 
     def build(self, input_shape):
         self.relax_lambda = self.add_weight(

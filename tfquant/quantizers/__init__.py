@@ -73,11 +73,12 @@ class Quantizer(keras.layers.Layer):
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
 
-    @property
-    def exact(self) -> Quantizer:
-        """The quantizer applied at deployment (``tfquant.finalize``). Itself, except for
-        wrappers that relax a quantizer during training, which return the wrapped one."""
-        return self
+    def exact(self, inputs):
+        """The quantization applied at deployment (``tfquant.finalize``): ``self(inputs)``,
+        except for wrappers that relax a quantizer during training, which apply the wrapped
+        one. (A method, not a property returning a quantizer: Keras 3's loader walks every
+        attribute that is a layer, and one returning ``self`` would never end.)"""
+        return self(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

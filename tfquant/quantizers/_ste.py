@@ -38,7 +38,7 @@ def ste_sign(x: tf.Tensor, clip_value: float | None = 1.0) -> tf.Tensor:
 
         return _sign_zero_positive(x), grad
 
-    return _call(x)
+    return _call(tf.convert_to_tensor(x))
 
 
 def approx_sign(x: tf.Tensor) -> tf.Tensor:
@@ -58,7 +58,7 @@ def approx_sign(x: tf.Tensor) -> tf.Tensor:
 
         return _sign_zero_positive(x), grad
 
-    return _call(x)
+    return _call(tf.convert_to_tensor(x))
 
 
 def _channel_matrix(x: tf.Tensor, per_channel: bool) -> tf.Tensor:
@@ -98,7 +98,7 @@ def scaled_sign(
         alpha = tf.stop_gradient(channel_scale(x, per_channel))
         return alpha * _sign_zero_positive(x), grad
 
-    return _call(x)
+    return _call(tf.convert_to_tensor(x))
 
 
 def ternary_support(x: tf.Tensor, method: str, per_channel: bool, threshold_value: float):
@@ -160,7 +160,7 @@ def ste_ternary(
         alpha, keep = tf.stop_gradient(alpha), tf.stop_gradient(keep)
         return alpha * tf.sign(x) * keep, grad
 
-    return _call(x)
+    return _call(tf.convert_to_tensor(x))
 
 
 def ste_round(x: tf.Tensor) -> tf.Tensor:
@@ -170,7 +170,7 @@ def ste_round(x: tf.Tensor) -> tf.Tensor:
     def _call(x):
         return tf.sign(x) * tf.floor(tf.abs(x) + 0.5), lambda dy: dy
 
-    return _call(x)
+    return _call(tf.convert_to_tensor(x))
 
 
 def uniform_quantize(x: tf.Tensor, bits: int, mode: str = "activation") -> tf.Tensor:
