@@ -5,11 +5,11 @@ python examples/binary_relax.py --epochs 3
 
 import sys
 
+import keras
 from _common import arguments, evaluate_and_convert, load
 
 import tfquant
 from tfquant import zoo
-from tfquant._keras import keras
 from tfquant.methods import binary_relax
 
 

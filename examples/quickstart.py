@@ -13,10 +13,10 @@ import json
 import pathlib
 import time
 
+import keras
 import numpy as np
 
 import tfquant
-from tfquant._keras import keras
 
 
 def load_digits(limit: int | None = None):
@@ -68,7 +68,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     import larq_compute_engine as lce
-    from tfquant.converters.inspect import op_counts
+
+    from tfquant import converters
 
     keras.utils.set_random_seed(0)
     (xtr, ytr), (xte, yte) = load_digits(args.limit)
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
     model.save(out / "model.keras")
 
     start = time.perf_counter()
-    flatbuffer = lce.convert_keras_model(model)
+    flatbuffer = converters.convert(model)  # model.export -> LCE's convert_saved_model
     convert_s = time.perf_counter() - start
     (out / "model.tflite").write_bytes(flatbuffer)
     interpreter = lce.testing.Interpreter(flatbuffer, num_threads=1, use_indirect_bgemm=True)
@@ -95,7 +96,7 @@ def main(argv=None) -> dict:
         "max_abs_diff_keras_tflite": float(
             np.abs(tflite_out - model.predict(xte, verbose=0)).max()
         ),
-        "ops": op_counts(flatbuffer),
+        "ops": converters.inspect.op_counts(flatbuffer),
         "tflite_bytes": len(flatbuffer),
         "bitpacked_bytes": summary.memory_bytes,
         "float32_bytes": summary.float32_bytes,

@@ -6,11 +6,11 @@ Adam), finalize it, convert it.
 
 import sys
 
+import keras
 from _common import arguments, evaluate_and_convert, load
 
 import tfquant
 from tfquant import zoo
-from tfquant._keras import keras
 
 
 def main(argv=None) -> dict:

@@ -3,7 +3,9 @@
 Every binary convolution follows shared/LCE.md: sign inputs and kernels, ``padding="same"``
 with ``pad_values=1.0``, input channels a multiple of 32, BatchNorm after the convolution.
 The first layer stays float (8-bit on device is a converter option) and the classifier is
-a float Dense on globally pooled features.
+a float Dense on globally pooled features. BatchNorm is synchronized: under a
+``tf.distribute`` strategy each replica then normalises with the global batch's moments, so
+training matches one device; on one device it is ordinary BatchNorm.
 """
 
 from __future__ import annotations
@@ -29,9 +31,13 @@ def _binary_conv(filters: int, kernel_quantizer, name: str) -> QuantConv2D:
     )
 
 
+def _bn(name: str) -> keras.layers.BatchNormalization:
+    return keras.layers.BatchNormalization(synchronized=True, name=name)
+
+
 def _stem(inputs, width: int):
     x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = _bn("stem_bn")(x)
     return keras.layers.MaxPooling2D(2, name="stem_pool")(x)
 
 
@@ -50,7 +56,7 @@ def binary_cnn(
     for s, width in enumerate(widths):
         for b in range(2):
             x = _binary_conv(width, kernel_quantizer, f"s{s}_conv{b}")(x)
-            x = keras.layers.BatchNormalization(name=f"s{s}_bn{b}")(x)
+            x = _bn(f"s{s}_bn{b}")(x)
         if s < len(widths) - 1:
             x = keras.layers.MaxPooling2D(2, name=f"s{s}_pool")(x)
     return keras.Model(inputs, _head(x, classes), name="binary_cnn")
@@ -73,10 +79,10 @@ def bireal_cnn(
     x = _stem(inputs, 32)
     for s, width in enumerate(widths):
         x = _binary_conv(width, kernel_quantizer, f"s{s}_expand")(x)
-        x = keras.layers.BatchNormalization(name=f"s{s}_expand_bn")(x)
+        x = _bn(f"s{s}_expand_bn")(x)
         for b in range(blocks):
             y = _binary_conv(width, kernel_quantizer, f"s{s}_conv{b}")(x)
-            y = keras.layers.BatchNormalization(name=f"s{s}_bn{b}")(y)
+            y = _bn(f"s{s}_bn{b}")(y)
             x = keras.layers.Add(name=f"s{s}_add{b}")([x, y])
         if s < len(widths) - 1:
             x = keras.layers.MaxPooling2D(2, name=f"s{s}_pool")(x)

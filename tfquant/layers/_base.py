@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from tfquant import quantizers
-from tfquant._keras import tf
+from tfquant._keras import check_keras3, tf
 
 _ATTR = "_tfquant_quantization"
 _PAD_VALUES = (0.0, 1.0)
@@ -80,6 +80,14 @@ class QuantizerMixin:
     """
 
     _kernel_attr = "kernel"
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        # A tf-keras (legacy tf.keras) symbolic input would otherwise be wrapped silently in a
+        # tf-keras Lambda layer that does not track this layer's weights.
+        if args:
+            for item in tf.nest.flatten(args[0]):
+                check_keras3(item, f"input to {type(self).__name__} {self.name!r}")
+        return super().__call__(*args, **kwargs)  # type: ignore[misc]
 
     @property
     def kernel_variable(self):
