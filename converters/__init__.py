@@ -1,6 +1,7 @@
-"""Keras -> Larq Compute Engine TFLite conversion (installed as ``tfquant.converters``).
+"""Keras 3 -> Larq Compute Engine TFLite conversion (installed as ``tfquant.converters``).
 
-``convert`` returns the flatbuffer; ``convert_with_report`` also says, per tfquant layer,
+The model is exported with ``model.export`` (a SavedModel) and converted with LCE's
+``convert_saved_model``, the route that works for Keras 3. ``convert`` returns the flatbuffer; ``convert_with_report`` also says, per tfquant layer,
 whether it became ``LceBconv2d``, int8 or float (and why), the size breakdown and the
 parity against Keras. See :mod:`tfquant.converters.rewrite` for the rewrites past LCE's
 limits (binary Dense, ternary / k-bit weights as exact int8).

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as _schema
 
-from tfquant._keras import tf  # noqa: F401  (selects tf-keras before TensorFlow loads)
+from tfquant._keras import tf
 
 __all__ = [
     "op_names",
@@ -16,9 +16,11 @@ __all__ = [
     "size_breakdown",
     "compute_ops",
     "io_details",
+    "signature_names",
     "run",
     "random_inputs",
     "parity",
+    "SavedModelFunction",
     "unsupported_ops",
     "LCE_OPS",
 ]
@@ -133,7 +135,8 @@ def compute_ops(flatbuffer: bytes) -> list[dict]:
 
 
 def io_details(flatbuffer: bytes) -> tuple[list[dict], list[dict]]:
-    """Inputs and outputs of the main subgraph: ``shape``, ``type`` and int8 ``scale`` /
+    """Inputs and outputs of the main subgraph: ``name``, ``shape``, ``shape_signature``
+    (-1 for a dynamic dimension, e.g. the batch), ``type`` and int8 ``scale`` /
     ``zero_point`` (None for float tensors)."""
     model = load_model_t(flatbuffer)
     sub = model.subgraphs[0]
@@ -146,14 +149,58 @@ def io_details(flatbuffer: bytes) -> tuple[list[dict], list[dict]]:
             float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else None
         )
         zp = int(q.zeroPoint[0]) if scale is not None and q.zeroPoint is not None else None
+        signature = t.shapeSignature if t.shapeSignature is not None else t.shape
+        name = t.name.decode(errors="replace") if isinstance(t.name, bytes) else str(t.name)
         return {
+            "name": name,
             "shape": [int(d) for d in t.shape],
+            "shape_signature": [int(d) for d in signature],
             "type": names.get(t.type, str(t.type)),
             "scale": scale,
             "zero_point": zp,
         }
 
     return [detail(i) for i in sub.inputs], [detail(i) for i in sub.outputs]
+
+
+def signature_names(flatbuffer: bytes) -> tuple[list[str | None], list[str | None]]:
+    """The serving signature's names of the main subgraph's inputs and outputs, in the
+    subgraph's order (``None`` where the flatbuffer has no signature for a tensor).
+
+    A converted SavedModel keeps its signature names (``model.export``: the ``keras.Input``
+    names and ``output_0``, ``output_1``, ...); the subgraph's order of inputs and outputs
+    need not be the model's.
+    """
+    model = load_model_t(flatbuffer)
+    sub = model.subgraphs[0]
+    by_index_in: dict[int, str] = {}
+    by_index_out: dict[int, str] = {}
+    for sig in model.signatureDefs or []:
+        for table, out in ((sig.inputs, by_index_in), (sig.outputs, by_index_out)):
+            for t in table or []:
+                name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+                out.setdefault(int(t.tensorIndex), name)
+        break  # the first signature: serving_default for a converted SavedModel
+    return (
+        [by_index_in.get(int(i)) for i in sub.inputs],
+        [by_index_out.get(int(i)) for i in sub.outputs],
+    )
+
+
+def _order(names: list[str | None], wanted: list[str] | None) -> list[int] | None:
+    """Positions ``p`` such that ``wanted[p[i]]`` is ``names[i]``, or None (positional)."""
+    if wanted is None or None in names or sorted(names) != sorted(wanted):
+        return None
+    return [wanted.index(n) for n in names]
+
+
+def _reference_names(model) -> tuple[list[str] | None, list[str] | None]:
+    if isinstance(model, SavedModelFunction):
+        return model.input_names, model.output_names
+    try:  # model.export's signature: keras.Input names in, output_0, output_1, ... out
+        return [t.name for t in model.inputs], [f"output_{k}" for k in range(len(model.outputs))]
+    except (AttributeError, TypeError, ValueError):
+        return None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,21 +233,73 @@ def run(flatbuffer: bytes, inputs, *, num_threads: int = 1) -> list[np.ndarray]:
     return out
 
 
+class SavedModelFunction:
+    """A SavedModel directory's serving signature as a reference for :func:`parity`.
+
+    Called like a Keras model (``f(x)`` or ``f([x1, x2])``), it returns the list of outputs.
+    Inputs and outputs are taken in the order of their signature names (``input_names``,
+    ``output_names``); :func:`parity` matches them to the flatbuffer's by name.
+
+    Args:
+        path: the SavedModel directory (e.g. written by ``model.export``).
+        signature: the signature key.
+
+    Raises:
+        ValueError: the SavedModel has no such signature.
+    """
+
+    def __init__(self, path: str, signature: str = "serving_default") -> None:
+        self._loaded = tf.saved_model.load(path)
+        if signature not in self._loaded.signatures:
+            raise ValueError(
+                f"Expected a SavedModel with the signature {signature!r}. Received: "
+                f"signatures {sorted(self._loaded.signatures)} in {path!r}"
+            )
+        self._function = self._loaded.signatures[signature]
+        _, specs = self._function.structured_input_signature
+        self.input_names = sorted(specs)
+        self.inputs = [specs[n] for n in self.input_names]
+        self.output_names = sorted(self._function.structured_outputs)
+
+    def __call__(self, inputs, training: bool = False) -> list:
+        inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        feed = {n: tf.constant(x) for n, x in zip(self.input_names, inputs)}
+        outputs = self._function(**feed)
+        return [outputs[n] for n in self.output_names]
+
+
+def _input_shapes(model) -> list[tuple]:
+    shapes = [tuple(t.shape) for t in model.inputs]
+    for shape in shapes:
+        if any(d is None for d in shape[1:]):
+            raise ValueError(
+                f"Expected inputs with known shapes past the batch axis for random inputs. "
+                f"Received: an input of shape {shape}; pass inputs for the parity check"
+            )
+    return shapes
+
+
 def random_inputs(model, samples: int = 8, seed: int = 0) -> list[np.ndarray]:
-    """Standard-normal inputs of the model's input shapes (batch of ``samples``)."""
+    """Standard-normal inputs of the model's input shapes (batch of ``samples``).
+
+    Args:
+        model: a Keras model or a :class:`SavedModelFunction` (anything with ``inputs``
+            whose ``shape`` is known past the batch axis).
+    """
     rng = np.random.default_rng(seed)
     return [
-        rng.normal(size=(samples, *[int(d) for d in t.shape[1:]])).astype(np.float32)
-        for t in model.inputs
+        rng.normal(size=(samples, *[int(d) for d in shape[1:]])).astype(np.float32)
+        for shape in _input_shapes(model)
     ]
 
 
 def parity(flatbuffer: bytes, model, inputs=None, *, samples: int = 8, seed: int = 0) -> dict:
-    """Compare the flatbuffer (LCE interpreter) with the Keras model on ``inputs`` (default:
-    ``samples`` standard-normal inputs).
+    """Compare the flatbuffer (LCE interpreter) with the Keras model (or a
+    :class:`SavedModelFunction`) on ``inputs`` (default: ``samples`` standard-normal
+    inputs).
 
     Returns:
-        ``max_abs_diff``, ``mean_abs_diff``, ``output_scale`` (max |Keras output|),
+        ``max_abs_diff``, ``mean_abs_diff``, ``output_scale`` (max |reference output|),
         ``relative_max_diff`` (max_abs_diff / output_scale), ``argmax_agreement`` (fraction of
         samples whose argmax over the last axis agrees, for outputs with more than one
         value per sample), ``samples`` and ``inputs`` (``"given"`` or ``"random"``).
@@ -209,9 +308,17 @@ def parity(flatbuffer: bytes, model, inputs=None, *, samples: int = 8, seed: int
     if not given:
         inputs = random_inputs(model, samples, seed)
     inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    inputs = [np.asarray(x, np.float32) for x in inputs]
     expected = model(inputs if len(inputs) > 1 else inputs[0], training=False)
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
-    actual = run(flatbuffer, inputs)
+    # Feed and read the flatbuffer by signature name: its order need not be the model's.
+    fb_in, fb_out = signature_names(flatbuffer)
+    ref_in, ref_out = _reference_names(model)
+    in_order, out_order = _order(fb_in, ref_in), _order(fb_out, ref_out)
+    feed = inputs if in_order is None else [inputs[p] for p in in_order]
+    actual = run(flatbuffer, feed)
+    if out_order is not None:
+        actual = [actual[out_order.index(k)] for k in range(len(actual))]
     diffs, scales, agree, total = [], [], 0, 0
     for e, a in zip(expected, actual):
         e = np.asarray(e, np.float32)

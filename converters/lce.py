@@ -1,9 +1,15 @@
-"""Keras model -> Larq Compute Engine TFLite flatbuffer, with a report and clear errors.
+"""Keras 3 model -> Larq Compute Engine TFLite flatbuffer, with a report and clear errors.
+
+The route (shared/LCE.md, "Versions"): the model, after the rewrites of
+:mod:`tfquant.converters.rewrite`, is exported with ``model.export`` as a SavedModel into a
+temporary directory, which ``larq_compute_engine.convert_saved_model`` converts; the
+directory is removed whatever happens.
 
 Example:
 
->>> import tfquant
+>>> import keras
 >>> from tfquant.converters import convert, convert_with_report
+>>> model = keras.models.load_model("model.keras")              # doctest: +SKIP
 >>> flatbuffer = convert(model)                                   # doctest: +SKIP
 >>> flatbuffer, report = convert_with_report("model.keras")      # doctest: +SKIP
 >>> print(report.text())                                         # doctest: +SKIP
@@ -24,7 +30,7 @@ from typing import Any
 from tfquant.converters import inspect as _inspect
 from tfquant.converters import rewrite as _rewrite
 
-from tfquant._keras import keras, tf
+from tfquant._keras import check_keras3, keras, tf
 
 __all__ = [
     "ConversionError",
@@ -76,11 +82,24 @@ class LayerReport:
 
 @dataclasses.dataclass
 class ConversionReport:
-    """The conversion report: ops, per-layer outcome, sizes, parity, timings, notes."""
+    """The conversion report: ops, per-layer outcome, sizes, parity, timings, notes.
+
+    Attributes:
+        ops: TFLite op name -> count in the main subgraph.
+        layers: one :class:`LayerReport` per tfquant layer (empty for a SavedModel
+            directory, which holds no Keras layers).
+        sizes: bytes by kind (see :func:`tfquant.converters.inspect.size_breakdown`) and
+            ``ideal_bitpacked`` (``None`` where unknown: a SavedModel directory).
+        parity: from :func:`tfquant.converters.inspect.parity` (``None`` without
+            verification); a SavedModel directory's also has ``reference``.
+        options: the conversion options.
+        seconds: time per step (``load``, ``rewrite``, ``export``, ``convert``, ``verify``).
+        notes: what was assumed or could not be checked.
+    """
 
     ops: dict[str, int]
     layers: list[LayerReport]
-    sizes: dict[str, float]
+    sizes: dict[str, float | None]
     parity: dict[str, Any] | None
     options: dict[str, Any]
     seconds: dict[str, float]
@@ -95,12 +114,13 @@ class ConversionReport:
     def text(self) -> str:
         """A short human summary."""
         s = self.sizes
+        ideal = s.get("ideal_bitpacked")
         lines = [
             "ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.ops.items())),
             f"size: {s['total'] / 1024:.1f} KiB (bit-packed weights {s['binary_weights'] / 1024:.1f}, "
             f"int8 weights {s['int8_weights'] / 1024:.1f}, float weights "
             f"{s['float_weights'] / 1024:.1f}, other {s['other'] / 1024:.1f}); ideal bit-packed "
-            f"{s['ideal_bitpacked'] / 1024:.1f} KiB",
+            + ("unknown" if ideal is None else f"{ideal / 1024:.1f} KiB"),
         ]
         counts: dict[str, int] = {}
         for layer in self.layers:
@@ -117,7 +137,8 @@ class ConversionReport:
             p = self.parity
             agree = p["argmax_agreement"]
             lines.append(
-                f"parity vs Keras ({p['samples']} {p['inputs']} inputs): max |diff| "
+                f"parity vs {p.get('reference', 'Keras')} ({p['samples']} {p['inputs']} "
+                "inputs): max |diff| "
                 f"{p['max_abs_diff']:.3g} (output scale {p['output_scale']:.3g})"
                 + ("" if agree is None else f", argmax agreement {100 * agree:.1f}%")
             )
@@ -134,25 +155,51 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """Load a Keras model (``.keras``, ``.h5``, or a SavedModel directory) with tfquant's
-    custom objects.
+def _is_saved_model_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb"))
 
-    Raises:
-        ConversionError: the path does not exist or does not hold a Keras model.
-    """
-    path = os.fspath(path)
+
+def _check_path(path: str) -> None:
     if not os.path.exists(path):
         raise ConversionError(f"Model not found: {path!r} (no such file or directory)")
     if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        if not _is_saved_model_dir(path):
             raise ConversionError(
-                f"{path!r} is a directory without saved_model.pb: expected a SavedModel "
-                "directory, a .keras file or a .h5 file"
+                f"Expected a SavedModel directory (with saved_model.pb), a .keras file or a "
+                f".h5 file. Received: {path!r}, a directory without saved_model.pb"
             )
     elif not path.endswith((".keras", ".h5", ".hdf5")):
         raise ConversionError(
             f"Expected a .keras or .h5 file or a SavedModel directory. Received: {path!r}"
+        )
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Load a Keras 3 model from a ``.keras`` (or legacy ``.h5``) file with tfquant's
+    custom objects (registered under ``"tfquant"``).
+
+    Loading is safe (``safe_mode`` stays on): a file holding Python code, such as a
+    ``Lambda`` layer's lambda, is refused.
+
+    Args:
+        path: a ``.keras``, ``.h5`` or ``.hdf5`` file.
+
+    Returns:
+        The model, not compiled.
+
+    Raises:
+        ConversionError: the path does not exist or does not hold a Keras model, or it is a
+            SavedModel directory: Keras 3 writes SavedModels (``model.export``) without the
+            Keras layers, so they cannot be loaded back as a Keras model
+            (:func:`convert_with_report` converts such a directory as it is).
+    """
+    path = os.fspath(path)
+    _check_path(path)
+    if os.path.isdir(path):
+        raise ConversionError(
+            f"Expected a .keras or .h5 file. Received: the SavedModel directory {path!r}, "
+            "which holds no Keras layers (Keras 3's model.export writes none), so it cannot "
+            "be loaded as a Keras model; use the .keras file it was exported from"
         )
     try:
         with _quiet():
@@ -161,63 +208,8 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise ConversionError(f"Could not load {path!r} as a Keras model: {_first_line(e)}") from e
     if not isinstance(model, keras.Model):
         raise ConversionError(
-            f"{path!r} holds a {type(model).__name__}, not a Keras model (a SavedModel "
-            "without Keras metadata: convert it with larq_compute_engine.convert_saved_model)"
+            f"Expected a Keras model in {path!r}. Received: a {type(model).__name__}"
         )
-    if os.path.isdir(path) and _has_revived_tfquant_layers(model):
-        model = _saved_model_from_config(path)
-    return model
-
-
-def _has_revived_tfquant_layers(model: keras.Model) -> bool:
-    from tfquant.layers import QuantizerMixin
-
-    return any(
-        type(layer).__name__.startswith("tfquant>") and not isinstance(layer, QuantizerMixin)
-        for layer in _leaf_layers(model)
-    )
-
-
-def _strip_registered_quantizer_names(config: Any) -> Any:
-    # The legacy SavedModel metadata writes nested quantizers as {"class_name":
-    # "tfquant>SteSign", ...}, which tfquant.quantizers.get does not resolve, so Keras
-    # revives the layers as generic ones without their quantizers. Give them plain names.
-    from tfquant import quantizers
-
-    if isinstance(config, dict):
-        out = {k: _strip_registered_quantizer_names(v) for k, v in config.items()}
-        name = out.get("class_name")
-        if isinstance(name, str) and name.startswith("tfquant>"):
-            short = name.split(">", 1)[1]
-            if short in quantizers._CLASSES:
-                out["class_name"] = short
-        return out
-    if isinstance(config, list):
-        return [_strip_registered_quantizer_names(v) for v in config]
-    return config
-
-
-def _saved_model_from_config(path: str) -> keras.Model:
-    """Rebuild a Keras SavedModel from its stored config and checkpoint (for tfquant layers
-    that Keras' SavedModel loader could only revive as generic layers)."""
-    from tf_keras.protobuf import saved_metadata_pb2
-
-    try:
-        metadata = saved_metadata_pb2.SavedMetadata()
-        with open(os.path.join(path, "keras_metadata.pb"), "rb") as f:
-            metadata.ParseFromString(f.read())
-        root = json.loads(next(n for n in metadata.nodes if n.node_path == "root").metadata)
-        spec = {"class_name": root["class_name"], "config": root["config"]}
-        with _quiet():
-            model = keras.models.model_from_json(
-                json.dumps(_strip_registered_quantizer_names(spec))
-            )
-            model.load_weights(os.path.join(path, "variables", "variables")).expect_partial()
-    except Exception as e:  # many failure types: protobuf, JSON, Keras
-        raise ConversionError(
-            f"Could not restore the tfquant layers of the SavedModel {path!r}: {_first_line(e)}; "
-            "save the model as .keras instead"
-        ) from e
     return model
 
 
@@ -269,7 +261,12 @@ def _lce_error_message(error: BaseException, log: str) -> str:
 
 
 def _signature(layer: keras.layers.Layer) -> tuple[int, int, int, int] | None:
+    """(output channels, kh, kw, input channels) of the layer's weight as TFLite holds it."""
+    # Keras 3's DepthwiseConv2D keeps its (kh, kw, cin, multiplier) kernel in ``kernel``;
+    # SeparableConv2D keeps it in ``depthwise_kernel``.
     kernel = getattr(layer, "depthwise_kernel", None)
+    if kernel is None and isinstance(layer, keras.layers.DepthwiseConv2D):
+        kernel = layer.kernel
     if kernel is not None:
         kh, kw, cin, mult = kernel.shape
         return (int(cin * mult), int(kh), int(kw), 1)
@@ -332,6 +329,83 @@ def _dtype(value: Any, what: str) -> tf.DType:
     return value
 
 
+def _run_lce(saved_model_dir: str, in_type: tf.DType, out_type: tf.DType, target: str) -> bytes:
+    import larq_compute_engine as lce
+
+    log: list[str] = []
+    try:
+        with _quiet(), _native_stderr_to(log):
+            return lce.convert_saved_model(
+                saved_model_dir,
+                inference_input_type=in_type,
+                inference_output_type=out_type,
+                target=target,
+            )
+    except Exception as e:  # the MLIR converter raises several types
+        if "not integer quantized" in str(e) and tf.int8 in (in_type, out_type):
+            which = "input" if in_type == tf.int8 else "output"
+            raise ConversionError(_int8_io_message(which)) from e
+        raise ConversionError(_lce_error_message(e, "".join(log))) from e
+
+
+def _int8_io_message(what: str) -> str:
+    return (
+        f"inference_{what}_type=int8 needs a model whose {what} is an int8 tensor (an int8 "
+        f"layer right at the model's {what}); this model's {what} stays float32. Convert "
+        "with float32 instead"
+    )
+
+
+def _export(model: keras.Model, directory: str) -> None:
+    """``model.export`` (a SavedModel with a dynamic batch) into ``directory``."""
+    try:
+        with _quiet():
+            model.export(directory, format="tf_saved_model", verbose=False)
+    except Exception as e:  # tracing raises many types
+        raise ConversionError(
+            f"Could not export the model as a SavedModel (model.export): {_first_line(e)}"
+        ) from e
+
+
+def _check_flatbuffer(flatbuffer: bytes, in_type: tf.DType, out_type: tf.DType) -> None:
+    ins, outs = _inspect.io_details(flatbuffer)
+    for what, wanted, tensors in (("input", in_type, ins), ("output", out_type, outs)):
+        if wanted == tf.int8 and any(t["type"] != "INT8" for t in tensors):
+            raise ConversionError(_int8_io_message(what))
+    unsupported = _inspect.unsupported_ops(flatbuffer)
+    if unsupported:
+        detail = ", ".join(f"{u['op']} (at {u['tensor']!r})" for u in unsupported[:5])
+        raise ConversionError(
+            f"The model has operations that neither TFLite nor LCE implements: {detail}. "
+            "Replace the layers computing them"
+        )
+
+
+def _verify(flatbuffer: bytes, reference: Any, inputs: Any, samples: int) -> dict[str, Any]:
+    try:
+        return _inspect.parity(flatbuffer, reference, inputs, samples=samples)
+    except (RuntimeError, ValueError) as e:
+        raise ConversionError(
+            f"The converted model does not run in LCE's interpreter: {_first_line(e)}"
+        ) from e
+
+
+class _LegacyKerasError(ConversionError, TypeError):
+    """A tf-keras (Keras 2) model: a ConversionError, and a TypeError like tfquant's other
+    Keras-version checks."""
+
+
+def _options(target, in_type, out_type, int8, allow_float, rewrite) -> dict[str, Any]:
+    return {
+        "target": target,
+        "inference_input_type": in_type.name,
+        "inference_output_type": out_type.name,
+        "int8": int8 if isinstance(int8, str) else list(int8),
+        "allow_float": allow_float,
+        "rewrite": rewrite,
+    }
+
+
 def convert_with_report(
     model_or_path: keras.Model | str | os.PathLike,
     *,
@@ -347,17 +421,27 @@ def convert_with_report(
     parity_samples: int = 8,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[bytes, ConversionReport]:
-    """Convert a tfquant Keras model through Larq Compute Engine and report what it became.
+    """Convert a tfquant Keras 3 model through Larq Compute Engine and report what it became.
+
+    The (rewritten) model is exported with ``model.export`` into a temporary SavedModel
+    directory, converted with ``larq_compute_engine.convert_saved_model`` (the Keras 3
+    route, shared/LCE.md) and checked in LCE's interpreter; the batch size stays dynamic.
+
+    A SavedModel directory (as ``model.export`` writes it) holds no Keras layers: it is
+    converted as it is, without the rewrites, without per-layer attribution (so no check
+    that declared-binary layers became ``LceBconv2d``), and its parity is checked against
+    its own serving signature; the report's notes say so.
 
     Args:
-        model_or_path: a Keras model, or the path of a ``.keras`` / ``.h5`` file or a
+        model_or_path: a Keras 3 model, or the path of a ``.keras`` / ``.h5`` file or a
             SavedModel directory.
         target: ``"arm"`` or ``"xcore"`` (LCE's targets).
         inference_input_type, inference_output_type: ``tf.float32`` or ``tf.int8`` (int8
             needs a model whose input / output is quantized, e.g. an int8 first layer).
         int8: ``"auto"``: ternary and k-bit (2 to 8 bit) layers with a quantized input
-            become int8 kernels whose codes are the trained levels exactly; ``"none"``: they stay float32 (LCE's own
-            behaviour); or a list of layer names to export as int8.
+            become int8 kernels whose codes are the trained levels exactly; ``"none"``: they
+            stay float32 (LCE's own behaviour); or a list of layer names to export as int8
+            (needs a Keras model, not a SavedModel directory).
         calibration_data: representative inputs for int8 activation ranges; ``None`` uses
             random standard-normal inputs (a note in the report says so).
         allow_float: accept layers declared binary that did not become ``LceBconv2d``;
@@ -366,14 +450,16 @@ def convert_with_report(
             1x1 binary conv, int8 export). ``False`` converts the model as it is.
         verify: run the flatbuffer in LCE's interpreter against the Keras model.
         parity_inputs: inputs for the parity check (default: ``parity_samples`` random ones).
+        parity_samples: how many random inputs the parity check uses by default.
         progress: called with a short message as each step starts.
 
     Returns:
         ``(flatbuffer, report)``.
 
     Raises:
-        ConversionError: bad input, a model LCE cannot convert, or (unless ``allow_float``)
-            a binary layer that stays float; the message names the layer and the reason.
+        ConversionError: bad input (a tf-keras model included: that error is also a
+            ``TypeError``), a model LCE cannot convert, or (unless ``allow_float``) a binary
+            layer that stays float; the message names the layer and the reason.
     """
     say = progress or (lambda message: None)
     seconds: dict[str, float] = {}
@@ -385,19 +471,36 @@ def convert_with_report(
         raise ConversionError(
             f"Expected int8 'auto', 'none' or a list of layer names. Received: int8={int8!r}"
         )
+    options = _options(target, in_type, out_type, int8, allow_float, rewrite)
 
     t = time.perf_counter()
+    if not isinstance(model_or_path, keras.Model):
+        try:
+            check_keras3(model_or_path, "model")
+        except TypeError as e:  # a tf-keras model: name both Keras packages
+            raise _LegacyKerasError(str(e)) from None
     if isinstance(model_or_path, keras.Model):
         model = model_or_path
     elif isinstance(model_or_path, (str, os.PathLike)):
-        say(f"loading {os.fspath(model_or_path)}")
-        model = load_model(model_or_path)
+        path = os.fspath(model_or_path)
+        _check_path(path)
+        if os.path.isdir(path):
+            return _convert_saved_model_dir(
+                path,
+                options,
+                verify=verify,
+                parity_inputs=parity_inputs,
+                parity_samples=parity_samples,
+                say=say,
+            )
+        say(f"loading {path}")
+        model = load_model(path)
     else:
         raise ConversionError(
             "Expected a Keras model or the path of a .keras / .h5 file or SavedModel "
             f"directory. Received: {type(model_or_path).__name__}"
         )
-    if not model.built or not model.inputs:
+    if not model.built or not getattr(model, "inputs", None):
         raise ConversionError(
             f"Expected a built model with known inputs. Received: {model.name!r}; call it on "
             "data or build it from keras.Input first"
@@ -421,37 +524,18 @@ def convert_with_report(
                 p.reason = p.reason or "rewrites disabled (rewrite=False)"
     seconds["rewrite"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    say("converting with Larq Compute Engine")
-    import larq_compute_engine as lce
+    with tempfile.TemporaryDirectory(prefix="tfquant-export-") as tmp:
+        t = time.perf_counter()
+        say("exporting a SavedModel (model.export)")
+        saved_model = os.path.join(tmp, "saved_model")
+        _export(deploy, saved_model)
+        seconds["export"] = time.perf_counter() - t
 
-    log: list[str] = []
-    try:
-        with _quiet(), _native_stderr_to(log):
-            flatbuffer = lce.convert_keras_model(
-                deploy,
-                inference_input_type=in_type,
-                inference_output_type=out_type,
-                target=target,
-            )
-    except Exception as e:  # the MLIR converter raises several types
-        raise ConversionError(_lce_error_message(e, "".join(log))) from e
-    seconds["convert"] = time.perf_counter() - t
-    ins, outs = _inspect.io_details(flatbuffer)
-    for what, wanted, tensors in (("input", in_type, ins), ("output", out_type, outs)):
-        if wanted == tf.int8 and any(t["type"] != "INT8" for t in tensors):
-            raise ConversionError(
-                f"inference_{what}_type=int8 needs a model whose {what} is an int8 tensor "
-                f"(an int8 layer right at the model's {what}); this model's {what} stays "
-                "float32. Convert with float32 instead"
-            )
-    unsupported = _inspect.unsupported_ops(flatbuffer)
-    if unsupported:
-        detail = ", ".join(f"{u['op']} (at {u['tensor']!r})" for u in unsupported[:5])
-        raise ConversionError(
-            f"The model has operations that neither TFLite nor LCE implements: {detail}. "
-            "Replace the layers computing them"
-        )
+        t = time.perf_counter()
+        say("converting with Larq Compute Engine")
+        flatbuffer = _run_lce(saved_model, in_type, out_type, target)
+        seconds["convert"] = time.perf_counter() - t
+    _check_flatbuffer(flatbuffer, in_type, out_type)
 
     matched = _attribute(model, flatbuffer)
     layers = []
@@ -490,35 +574,80 @@ def convert_with_report(
 
     from tfquant.models import summary
 
-    sizes: dict[str, float] = dict(_inspect.size_breakdown(flatbuffer))
+    sizes: dict[str, float | None] = dict(_inspect.size_breakdown(flatbuffer))
     sizes["ideal_bitpacked"] = summary(model, print_fn=None).memory_bytes
 
     report_parity = None
     if verify:
         t = time.perf_counter()
         say("checking parity with LCE's interpreter")
-        try:
-            report_parity = _inspect.parity(
-                flatbuffer, model, parity_inputs, samples=parity_samples
-            )
-        except (RuntimeError, ValueError) as e:
-            raise ConversionError(
-                f"The converted model does not run in LCE's interpreter: {_first_line(e)}"
-            ) from e
+        report_parity = _verify(flatbuffer, model, parity_inputs, parity_samples)
         seconds["verify"] = time.perf_counter() - t
     report = ConversionReport(
         ops=_inspect.op_counts(flatbuffer),
         layers=layers,
         sizes=sizes,
         parity=report_parity,
-        options={
-            "target": target,
-            "inference_input_type": in_type.name,
-            "inference_output_type": out_type.name,
-            "int8": int8 if isinstance(int8, str) else list(int8),
-            "allow_float": allow_float,
-            "rewrite": rewrite,
-        },
+        options=options,
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+        notes=notes,
+    )
+    return flatbuffer, report
+
+
+def _convert_saved_model_dir(
+    path: str,
+    options: dict[str, Any],
+    *,
+    verify: bool,
+    parity_inputs: Any,
+    parity_samples: int,
+    say: Callable[[str], None],
+) -> tuple[bytes, ConversionReport]:
+    """Convert a SavedModel directory as it is (no Keras layers to rewrite or attribute)."""
+    if not isinstance(options["int8"], str):
+        raise ConversionError(
+            "Expected int8 'auto' or 'none' for a SavedModel directory. Received: a list of "
+            f"layer names ({options['int8']}); int8 export by layer name rewrites Keras layers, "
+            "which a SavedModel written by model.export does not hold: convert the .keras file"
+        )
+    in_type = _dtype(options["inference_input_type"], "inference_input_type")
+    out_type = _dtype(options["inference_output_type"], "inference_output_type")
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    say(f"converting the SavedModel {path} with Larq Compute Engine")
+    flatbuffer = _run_lce(path, in_type, out_type, options["target"])
+    seconds["convert"] = time.perf_counter() - t
+    _check_flatbuffer(flatbuffer, in_type, out_type)
+    notes = [
+        "SavedModel directory: converted as it is. It holds no Keras layers, so tfquant's "
+        "rewrites were not applied (a binary Dense stays FULLY_CONNECTED; ternary and k-bit "
+        "weights stay float32), no op was attributed to a layer, and whether each binary "
+        "layer became LceBconv2d was not checked; convert the .keras file for those",
+        "ideal bit-packed size unknown (needs the Keras layers)",
+    ]
+    sizes: dict[str, float | None] = dict(_inspect.size_breakdown(flatbuffer))
+    sizes["ideal_bitpacked"] = None
+    report_parity = None
+    if verify:
+        t = time.perf_counter()
+        say("checking parity with LCE's interpreter")
+        try:
+            with _quiet():
+                reference = _inspect.SavedModelFunction(path)
+        except Exception as e:  # TensorFlow's loader raises many types
+            raise ConversionError(
+                f"Could not load the SavedModel {path!r} for the parity check: {_first_line(e)}"
+            ) from e
+        report_parity = _verify(flatbuffer, reference, parity_inputs, parity_samples)
+        report_parity["reference"] = "SavedModel serving signature"
+        seconds["verify"] = time.perf_counter() - t
+    report = ConversionReport(
+        ops=_inspect.op_counts(flatbuffer),
+        layers=[],
+        sizes=sizes,
+        parity=report_parity,
+        options={**options, "rewrite": False},
         seconds={k: round(v, 3) for k, v in seconds.items()},
         notes=notes,
     )
@@ -557,12 +686,33 @@ def convert(
     return flatbuffer
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``Umask:`` in
+    /proc/self/status); elsewhere set and restored at once."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and
     ``os.replace``, so ``path`` is either absent/unchanged or complete.
 
+    The file gets the mode an ordinary ``open(path, "w")`` would give it (``0o666`` less
+    the umask), not the ``0o600`` of a temporary file.
+
+    Args:
+        path: the file to write.
+        data: bytes (written as they are) or text.
+
     Raises:
-        ConversionError: the directory does not exist or is not writable.
+        ConversionError: the directory does not exist or is not writable, or ``path`` is a
+            directory.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -576,6 +726,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):

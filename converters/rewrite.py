@@ -10,7 +10,14 @@
   kernels.
 
 The rewrite builds a new Keras model (``keras.models.clone_model`` with replaced layers and
-copied weights); the user's model is never modified.
+copied weights); the user's model is never modified. The replacement layers
+(:class:`BinaryDenseAsConv`, :class:`Int8Layer`) hold their values as non-trainable weights
+and serialize like any Keras 3 layer, so the rewritten model traces through
+``model.export`` (the SavedModel LCE converts) and can be saved as ``.keras`` for a look.
+
+The graph walk reads Keras 3's Functional graph (``model.operations`` and the nodes that
+connect them, ``Node.parent_nodes``); Sequential models are walked through the Functional
+graph Keras builds for them.
 """
 
 from __future__ import annotations
@@ -23,9 +30,18 @@ import numpy as np
 
 from tfquant import quantizers
 from tfquant._keras import keras, tf
-from tfquant.layers import QuantConv2D, QuantDense, QuantDepthwiseConv2D, QuantizerMixin
+from tfquant.layers import (
+    QuantConv2D,
+    QuantDense,
+    QuantDepthwiseConv2D,
+    QuantizerMixin,
+    same_padding,
+)
 
 __all__ = [
+    "BinaryDenseAsConv",
+    "FoldedBatchNorm",
+    "Int8Layer",
     "LayerPlan",
     "plan_layers",
     "rewrite_model",
@@ -101,7 +117,7 @@ def _input_is_sign(layer: QuantizerMixin) -> bool:
     return q is not None and q.precision == 1 and tuple(q.levels or ()) == (-1.0, 1.0)
 
 
-def _binary_problem(layer: QuantizerMixin) -> str | None:
+def _binary_problem(layer: QuantizerMixin, input_shape: tuple | None) -> str | None:
     if isinstance(layer, QuantDepthwiseConv2D):
         return "LCE has no binary depthwise convolution kernel"
     if not _input_is_sign(layer) or getattr(layer.input_quantizer, "scaled", False):
@@ -109,10 +125,8 @@ def _binary_problem(layer: QuantizerMixin) -> str | None:
     problem = binary_kernel_problem(effective_kernel(layer))
     if problem:
         return problem
-    if isinstance(layer, QuantDense):
-        shape = _input_shape(layer)
-        if shape is not None and len(shape) != 2:
-            return f"binary Dense on a rank-{len(shape)} input; only rank 2 is rewritten"
+    if isinstance(layer, QuantDense) and input_shape is not None and len(input_shape) != 2:
+        return f"binary Dense on a rank-{len(input_shape)} input; only rank 2 is rewritten"
     if isinstance(layer, QuantConv2D) and layer.groups != 1:
         cin = effective_kernel(layer).shape[2]
         if cin % 32:
@@ -122,12 +136,52 @@ def _binary_problem(layer: QuantizerMixin) -> str | None:
     return None
 
 
-def _input_shape(layer: keras.layers.Layer) -> tuple | None:
-    try:
-        shape = layer.input_shape
-    except (AttributeError, RuntimeError):
-        return None
-    return tuple(shape) if not isinstance(shape, list) else None
+# ---------------------------------------------------------------------------------------------
+# The Keras 3 graph: nodes, shapes, consumers
+
+
+def _functional(model: keras.Model) -> Any:
+    """The Functional graph of a Functional or Sequential model (Keras 3 builds one for a
+    Sequential model once its input shape is known); ``None`` for subclassed models."""
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    return graph if graph is not None and hasattr(graph, "_nodes_by_depth") else None
+
+
+def _graph_nodes(model: keras.Model) -> list:
+    """The nodes (layer calls) of the model's own graph, inputs first."""
+    graph = _functional(model)
+    if graph is None:
+        return []
+    by_depth = graph._nodes_by_depth
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def _nodes_by_layer(model: keras.Model) -> dict[int, list]:
+    """``id(layer)`` -> the layer's calls (nodes) in the model's graph."""
+    out: dict[int, list] = {}
+    for node in _graph_nodes(model):
+        out.setdefault(id(node.operation), []).append(node)
+    return out
+
+
+def _only_node(layer: keras.layers.Layer, nodes: dict[int, list]) -> Any:
+    calls = nodes.get(id(layer), [])
+    return calls[0] if len(calls) == 1 else None
+
+
+def _input_shape(layer: keras.layers.Layer, nodes: dict[int, list]) -> tuple | None:
+    """The shape of the layer's single input tensor (from its call in the graph, else from
+    the shape it was built with); ``None`` where unknown or not a single tensor."""
+    node = _only_node(layer, nodes)
+    if node is not None:
+        tensors = node.input_tensors
+        return tuple(tensors[0].shape) if len(tensors) == 1 else None
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    if len(shapes) == 1:
+        shape = next(iter(shapes.values()))
+        if isinstance(shape, (tuple, list)) and all(d is None or isinstance(d, int) for d in shape):
+            return tuple(shape)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,15 +263,13 @@ def _activation_range(quantizer) -> tuple[float, float, bool] | None:
     return 0.0, 255.0 * s, False
 
 
-def _int8_problem(layer: QuantizerMixin) -> str | None:
+def _int8_problem(layer: QuantizerMixin, input_shape: tuple | None) -> str | None:
     if isinstance(layer, QuantDepthwiseConv2D):
         return "int8 export of depthwise convolutions is not implemented"
     if isinstance(layer, QuantConv2D) and layer.groups != 1:
         return "int8 export of grouped convolutions is not implemented"
-    if isinstance(layer, QuantDense):
-        shape = _input_shape(layer)
-        if shape is not None and len(shape) != 2:
-            return f"int8 export of Dense on a rank-{len(shape)} input is not implemented"
+    if isinstance(layer, QuantDense) and input_shape is not None and len(input_shape) != 2:
+        return f"int8 export of Dense on a rank-{len(input_shape)} input is not implemented"
     return None
 
 
@@ -233,12 +285,14 @@ def plan_layers(model: keras.Model, int8: str | list[str] = "auto") -> list[Laye
     """
     from tfquant.models import quantized_layers
 
+    nodes = _nodes_by_layer(model)
     plans = []
     for layer in quantized_layers(model):
         declared = _declared(layer)
+        input_shape = _input_shape(layer, nodes)
         plan = LayerPlan(layer.name, type(layer).__name__, declared, "float")
         if declared == "binary":
-            problem = _binary_problem(layer)
+            problem = _binary_problem(layer, input_shape)
             if problem is None:
                 plan.target = "binary"
                 if isinstance(layer, QuantDense):
@@ -251,7 +305,7 @@ def plan_layers(model: keras.Model, int8: str | list[str] = "auto") -> list[Laye
         exact_input = _activation_range(layer.input_quantizer) is not None
         auto = int8 == "auto" and declared == "k-bit"
         if plan.target == "float" and (named or (auto and exact_input)):
-            problem = _int8_problem(layer)
+            problem = _int8_problem(layer, input_shape)
             if problem is None:
                 plan.target, plan.rewrite = "int8", "int8"
             elif plan.reason is None:
@@ -268,115 +322,239 @@ def plan_layers(model: keras.Model, int8: str | list[str] = "auto") -> list[Laye
 
 
 # ---------------------------------------------------------------------------------------------
-# Deploy layers (conversion-only: built from an existing layer's values, not serializable)
+# Deploy layers: constant (non-trainable) weights taken from a trained layer; serializable
 
 
-class _FromLayer(keras.layers.Layer):
-    """Base of deploy layers: constant tensors taken from a trained layer."""
+def _constant_weight(layer: keras.layers.Layer, name: str, shape) -> Any:
+    return layer.add_weight(
+        name=name, shape=tuple(int(d) for d in shape), initializer="zeros", trainable=False
+    )
 
-    def __init__(self, source: QuantizerMixin, **kwargs: Any) -> None:
-        super().__init__(name=source.name, trainable=False, **kwargs)
-        self.input_quantizer = quantizers.get(quantizers.serialize(source.input_quantizer))
-        self.activation = keras.activations.get(source.activation)
-        self._bias = None if not source.use_bias else np.asarray(source.bias.numpy())
+
+def _source_values(source: QuantizerMixin) -> dict[str, Any]:
+    return {
+        "input_quantizer": quantizers.serialize(source.input_quantizer),
+        "activation": keras.activations.serialize(keras.activations.get(source.activation)),
+        "use_bias": bool(source.use_bias),
+    }
+
+
+class _DeployLayer(keras.layers.Layer):
+    """Base of deploy layers: input quantizer, activation and optional bias of a trained
+    tfquant layer; the weights are non-trainable and set by ``from_layer``."""
+
+    def __init__(
+        self,
+        input_quantizer: Any = None,
+        activation: Any = None,
+        use_bias: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.input_quantizer = quantizers.get(input_quantizer)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.bias = None
 
     def _finish(self, outputs):
-        if self._bias is not None:
-            outputs = tf.nn.bias_add(outputs, tf.constant(self._bias))
-        return self.activation(outputs) if self.activation is not None else outputs
+        if self.bias is not None:
+            outputs = tf.nn.bias_add(outputs, tf.convert_to_tensor(self.bias))
+        return self.activation(outputs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "input_quantizer": quantizers.serialize(self.input_quantizer),
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+        }
 
 
-class BinaryDenseAsConv(_FromLayer):
-    """A binary ``QuantDense`` as reshape -> sign -> 1x1 VALID conv -> reshape (LCE issue 53)."""
+@keras.utils.register_keras_serializable(package="tfquant")
+class FoldedBatchNorm(keras.layers.Layer):
+    """The identity left where a BatchNormalization was folded into the layer before it
+    (it takes the BatchNormalization's call arguments, ``training`` and ``mask``)."""
 
-    def __init__(self, source: QuantDense, **kwargs: Any) -> None:
-        super().__init__(source, **kwargs)
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class BinaryDenseAsConv(_DeployLayer):
+    """A binary ``QuantDense`` as reshape -> sign -> 1x1 VALID conv -> reshape (LCE issue 53).
+
+    Args:
+        units: output size.
+        input_quantizer: the sign applied after the reshape (as the Dense layer's).
+        activation, use_bias: as the Dense layer's.
+
+    Built by :meth:`from_layer` from a trained layer; its kernel ``(1, 1, C, units)`` is the
+    Dense layer's effective (quantized) kernel.
+    """
+
+    def __init__(self, units: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = int(units)
+
+    @classmethod
+    def from_layer(cls, source: QuantDense) -> BinaryDenseAsConv:
+        """The deploy layer of a trained binary ``QuantDense`` (same name and values)."""
         kernel = effective_kernel(source)
-        self._kernel = kernel.reshape(1, 1, *kernel.shape)
-        self.units = kernel.shape[1]
+        layer = cls(kernel.shape[1], name=source.name, **_source_values(source))
+        layer.build((None, kernel.shape[0]))
+        layer.kernel.assign(kernel.reshape(1, 1, *kernel.shape))
+        if layer.bias is not None:
+            layer.bias.assign(np.asarray(source.bias.numpy(), np.float32))
+        return layer
 
-    def call(self, inputs):
-        x = tf.reshape(inputs, (-1, 1, 1, self._kernel.shape[2]))  # float input, before sign
+    def build(self, input_shape) -> None:
+        self.kernel = _constant_weight(self, "kernel", (1, 1, input_shape[-1], self.units))
+        if self.use_bias:
+            self.bias = _constant_weight(self, "bias", (self.units,))
+
+    def call(self, inputs, training=None):
+        kernel = tf.convert_to_tensor(self.kernel)
+        x = tf.reshape(inputs, (-1, 1, 1, kernel.shape[2]))  # float input, before the sign
         x = self.input_quantizer(x)
-        x = tf.nn.conv2d(x, tf.constant(self._kernel), strides=1, padding="VALID")
+        x = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
         return self._finish(tf.reshape(x, (-1, self.units)))
 
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
 
-class Int8Layer(_FromLayer):
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class Int8Layer(_DeployLayer):
     """A ternary / k-bit conv or dense layer with fake-quant ops LCE turns into int8 kernels.
 
-    Weights: per-channel fake quant with ranges from :func:`int8_weight_scales`; input: the
-    layer's own quantizer followed by a fake quant of its exact level range (or a calibrated
-    range for float inputs); output: a calibrated range.
+    Weights: per-channel fake quant (``weight_min`` / ``weight_max``, ranges from
+    :func:`int8_weight_scales`); input: the layer's own quantizer followed by a fake quant of
+    its exact level range (or a calibrated range for float inputs); output: a calibrated
+    range (or, with ``sign_safe``, one that keeps the output's sign exactly).
+
+    Args:
+        kernel_shape: ``(kh, kw, cin, cout)`` for a convolution, ``(cin, units)`` for dense.
+        input_range: ``(min, max, narrow_range)`` of the input fake quant.
+        output_range: ``(min, max)`` of the output fake quant.
+        sign_safe: the readers only take the output's sign (see ``call``).
+        conv: for a convolution, ``strides``, ``dilations``, ``padding`` (``"SAME"`` /
+            ``"VALID"``), ``one_padding`` and ``pad_values``; ``None`` for dense.
+        input_quantizer, activation, use_bias: as the source layer's.
+
+    Built by :meth:`from_layer` from a trained layer (a following BatchNorm folded in).
     """
 
     def __init__(
         self,
+        kernel_shape: Any,
+        input_range: Any,
+        output_range: Any,
+        sign_safe: bool = False,
+        conv: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+        lo, hi, narrow = input_range
+        self.input_range = (float(lo), float(hi), bool(narrow))
+        self.output_range = (float(output_range[0]), float(output_range[1]))
+        self.sign_safe = bool(sign_safe)
+        self.conv = None if conv is None else dict(conv)
+        self.exact: bool | None = None  # set by from_layer
+
+    @classmethod
+    def from_layer(
+        cls,
         source: QuantizerMixin,
         input_range: tuple[float, float, bool],
         output_range: tuple[float, float],
         batchnorm: keras.layers.BatchNormalization | None = None,
         sign_safe: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(source, **kwargs)
-        self._kernel = effective_kernel(source)
+    ) -> Int8Layer:
+        """The deploy layer of a trained ternary / k-bit layer, with ``batchnorm`` (the
+        BatchNormalization reading only its output) folded into kernel and bias."""
+        kernel = effective_kernel(source)
+        bias = None if not source.use_bias else np.asarray(source.bias.numpy(), np.float32)
         k = None
         if batchnorm is not None:  # fold y -> gamma (y - mean) / sqrt(var + eps) + beta
             gamma, beta, mean, var = _batchnorm_values(batchnorm)
             k = gamma / np.sqrt(var + batchnorm.epsilon)
-            bias = np.zeros_like(mean) if self._bias is None else self._bias
-            self._kernel = (self._kernel * k).astype(np.float32)
-            self._bias = ((bias - mean) * k + beta).astype(np.float32)
-        scales, self.exact = int8_weight_scales(self._kernel, source.kernel_quantizer, k)
-        self._wmin, self._wmax = -127.0 * scales, 127.0 * scales
-        self.input_range = input_range
-        self.output_range = output_range
-        self.sign_safe = sign_safe
-        self._conv = None
+            bias = ((np.zeros_like(mean) if bias is None else bias) - mean) * k + beta
+            kernel = kernel * k
+        kernel = kernel.astype(np.float32)
+        scales, exact = int8_weight_scales(kernel, source.kernel_quantizer, k)
+        conv = None
         if isinstance(source, QuantConv2D):
-            self._conv = dict(
-                strides=list(source.strides),
-                dilations=list(source.dilation_rate),
-                padding=source.padding.upper(),
-                one_padding=source._uses_one_padding(),
-                kernel_size=source.kernel_size,
-                pad_values=source.pad_values,
-            )
+            conv = {
+                "strides": [int(v) for v in source.strides],
+                "dilations": [int(v) for v in source.dilation_rate],
+                "padding": source.padding.upper(),
+                "one_padding": bool(source._uses_one_padding()),
+                "pad_values": float(source.pad_values),
+            }
+        values = _source_values(source)
+        values["use_bias"] = bias is not None
+        layer = cls(
+            kernel.shape,
+            input_range,
+            output_range,
+            sign_safe=sign_safe,
+            conv=conv,
+            name=source.name,
+            **values,
+        )
+        layer.build(None)
+        layer.kernel.assign(kernel)
+        layer.weight_min.assign(-127.0 * scales)
+        layer.weight_max.assign(127.0 * scales)
+        if bias is not None:
+            layer.bias.assign(bias.astype(np.float32))
+        layer.exact = exact
+        return layer
 
-    def call(self, inputs):
+    def build(self, input_shape) -> None:
+        cout = self.kernel_shape[-1]
+        self.kernel = _constant_weight(self, "kernel", self.kernel_shape)
+        self.weight_min = _constant_weight(self, "weight_min", (cout,))
+        self.weight_max = _constant_weight(self, "weight_max", (cout,))
+        if self.use_bias:
+            self.bias = _constant_weight(self, "bias", (cout,))
+
+    def call(self, inputs, training=None):
         x = inputs if self.input_quantizer is None else self.input_quantizer(inputs)
         lo, hi, narrow = self.input_range
         x = tf.quantization.fake_quant_with_min_max_args(x, lo, hi, num_bits=8, narrow_range=narrow)
-        kernel = self._kernel if self._conv else self._kernel.reshape(1, 1, *self._kernel.shape)
+        kernel = tf.convert_to_tensor(self.kernel)
+        if self.conv is None:
+            kernel = tf.reshape(kernel, (1, 1, *self.kernel_shape))
         w = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            tf.constant(kernel),
-            tf.constant(self._wmin),
-            tf.constant(self._wmax),
+            kernel,
+            tf.convert_to_tensor(self.weight_min),
+            tf.convert_to_tensor(self.weight_max),
             num_bits=8,
             narrow_range=True,
         )
-        if self._conv is None:
+        if self.conv is None:
             # As a 1x1 convolution: per-channel int8 weights, which TFLite's converter
             # rejects for a FULLY_CONNECTED ("mismatched quantized axes" of the transpose).
-            cin, units = self._kernel.shape
-            y = tf.nn.conv2d(
-                tf.reshape(x, (-1, 1, 1, cin)),
-                w,
-                strides=1,
-                padding="VALID",
-            )
+            cin, units = self.kernel_shape
+            y = tf.nn.conv2d(tf.reshape(x, (-1, 1, 1, cin)), w, strides=1, padding="VALID")
             y = tf.reshape(y, (-1, units))
         else:
-            c = self._conv
+            c = self.conv
             padding = c["padding"]
             if c["one_padding"]:
                 paddings = [[0, 0]]
                 for axis, (k, s, d) in enumerate(
-                    zip(c["kernel_size"], c["strides"], c["dilations"]), start=1
+                    zip(self.kernel_shape[:2], c["strides"], c["dilations"]), start=1
                 ):
-                    from tfquant.layers import same_padding
-
                     paddings.append(list(same_padding(int(x.shape[axis]), k, s, d)))
                 paddings.append([0, 0])
                 x = tf.pad(x, paddings, constant_values=c["pad_values"])
@@ -394,6 +572,18 @@ class Int8Layer(_FromLayer):
         y = tf.quantization.fake_quant_with_min_max_args(y + half, lo, hi, num_bits=8)
         return y - half
 
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "kernel_shape": list(self.kernel_shape),
+            "input_range": list(self.input_range),
+            "output_range": list(self.output_range),
+            "sign_safe": self.sign_safe,
+            "conv": None
+            if self.conv is None
+            else {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in self.conv.items()},
+        }
+
 
 # ---------------------------------------------------------------------------------------------
 # Calibration and the model rewrite
@@ -401,7 +591,7 @@ class Int8Layer(_FromLayer):
 
 def _calibration_inputs(model: keras.Model, data: Any, samples: int, seed: int) -> list:
     if data is not None:
-        return data if isinstance(data, (list, tuple)) else [data]
+        return list(data) if isinstance(data, (list, tuple)) else [data]
     rng = np.random.default_rng(seed)
     return [
         rng.normal(size=(samples, *[int(d) for d in shape[1:]])).astype(np.float32)
@@ -410,12 +600,20 @@ def _calibration_inputs(model: keras.Model, data: Any, samples: int, seed: int) 
 
 
 def _layer_io_ranges(model: keras.Model, layers: list, inputs: list) -> dict:
-    """(input min, input max, output min, output max) of each layer on ``inputs``."""
+    """(input min, input max, output min, output max) of each layer on ``inputs``, read
+    through a probe model over the layers' input and output tensors in ``model``'s graph."""
+    nodes = _nodes_by_layer(model)
     tensors = []
     for layer in layers:
-        tensors += [layer.input, layer.output]
+        node = _only_node(layer, nodes)
+        if node is None or len(node.input_tensors) != 1 or len(node.output_tensors) != 1:
+            raise ValueError(
+                f"Expected layer {layer.name!r} to be called once on one tensor in the model. "
+                "Received a layer that is shared or has several inputs or outputs"
+            )
+        tensors += [node.input_tensors[0], node.output_tensors[0]]
     probe = keras.Model(model.inputs, tensors)
-    values = probe(inputs if len(inputs) > 1 else inputs[0], training=False)
+    values = probe(list(inputs), training=False)
     out = {}
     for i, layer in enumerate(layers):
         xin, xout = np.asarray(values[2 * i]), np.asarray(values[2 * i + 1])
@@ -425,48 +623,41 @@ def _layer_io_ranges(model: keras.Model, layers: list, inputs: list) -> dict:
 
 def _batchnorm_values(bn: keras.layers.BatchNormalization) -> tuple[np.ndarray, ...]:
     n = int(bn.moving_mean.shape[0])
-    gamma = bn.gamma.numpy() if bn.gamma is not None else np.ones(n, np.float32)
-    beta = bn.beta.numpy() if bn.beta is not None else np.zeros(n, np.float32)
-    return gamma, beta, bn.moving_mean.numpy(), bn.moving_variance.numpy()
-
-
-def _inbound(layer: keras.layers.Layer) -> list:
-    try:
-        x = layer.input
-    except (AttributeError, ValueError):  # InputLayer, layers used more than once
-        return []
-    return list(x) if isinstance(x, (list, tuple)) else [x]
+    gamma = np.asarray(bn.gamma.numpy()) if bn.gamma is not None else np.ones(n, np.float32)
+    beta = np.asarray(bn.beta.numpy()) if bn.beta is not None else np.zeros(n, np.float32)
+    return gamma, beta, np.asarray(bn.moving_mean.numpy()), np.asarray(bn.moving_variance.numpy())
 
 
 def _consumers(model: keras.Model) -> dict[str, list]:
-    """Layer name -> the layers reading its output (``None`` stands for a model output)."""
-    producer = {}
-    for layer in model.layers:
-        try:
-            producer[id(layer.output)] = layer.name
-        except (AttributeError, ValueError):
-            continue
+    """Layer name -> the layers reading its output in the model's graph (``None`` stands for
+    a model output)."""
     out: dict[str, list] = {layer.name: [] for layer in model.layers}
-    for layer in model.layers:
-        for x in _inbound(layer):
-            if id(x) in producer:
-                out[producer[id(x)]].append(layer)
-    for x in model.outputs:
-        if id(x) in producer:
-            out[producer[id(x)]].append(None)
+    for node in _graph_nodes(model):
+        for parent in node.parent_nodes:
+            out.setdefault(parent.operation.name, []).append(node.operation)
+    graph = _functional(model)
+    for x in graph.outputs if graph is not None else []:
+        history = getattr(x, "_keras_history", None)
+        if history is not None and history.operation is not None:
+            out.setdefault(history.operation.name, []).append(None)
     return out
 
 
-def _foldable_batchnorm(layer, consumers: dict) -> keras.layers.BatchNormalization | None:
+def _foldable_batchnorm(
+    layer, consumers: dict, nodes: dict[int, list]
+) -> keras.layers.BatchNormalization | None:
     """The BatchNormalization that alone reads ``layer``'s linear output, if any."""
     after = consumers.get(layer.name, [])
     if len(after) != 1 or not isinstance(after[0], keras.layers.BatchNormalization):
         return None
     bn = after[0]
+    node, bn_node = _only_node(layer, nodes), _only_node(bn, nodes)
+    if node is None or bn_node is None or len(bn_node.input_tensors) != 1:
+        return None
     linear = keras.activations.get(layer.activation) is keras.activations.linear
     axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
-    rank = len(layer.output.shape)
-    if not linear or axis not in (-1, rank - 1) or len(_inbound(bn)) != 1:
+    rank = len(node.output_tensors[0].shape)
+    if not linear or axis not in (-1, rank - 1):
         return None
     return bn
 
@@ -535,7 +726,7 @@ def rewrite_model(
     todo = {p.name: p for p in plans if p.rewrite}
     if not todo:
         return model, notes
-    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+    if _functional(model) is None:
         raise ValueError(
             "Expected a Sequential or functional Keras model to rewrite. Received a subclassed "
             f"model {type(model).__name__!r}; convert with rewrite=False or build it functionally"
@@ -555,13 +746,13 @@ def rewrite_model(
                 f"int8 activation ranges calibrated on {calibration_samples} random standard-"
                 "normal inputs (pass calibration data for ranges that match real inputs)"
             )
-        consumers0 = _consumers(model)
-        bns = [b for b in (_foldable_batchnorm(x, consumers0) for x in int8_layers) if b]
-        ranges = _layer_io_ranges(model, int8_layers + bns, inputs)
 
+    nodes = _nodes_by_layer(model)
     consumers = _consumers(model)
-    folded = {layer.name: _foldable_batchnorm(layer, consumers) for layer in int8_layers}
+    folded = {layer.name: _foldable_batchnorm(layer, consumers, nodes) for layer in int8_layers}
     folded = {k: v for k, v in folded.items() if v is not None}
+    if int8_layers:
+        ranges = _layer_io_ranges(model, int8_layers + list(folded.values()), inputs)
     # what reads a layer's output once its BatchNorm is folded in: the BatchNorm's readers
     readers = {
         name: consumers[folded[name].name] if name in folded else consumers[name]
@@ -574,11 +765,11 @@ def rewrite_model(
     def clone(layer):
         plan = todo.get(layer.name)
         if layer.name in folded_bn_names:
-            new = keras.layers.Identity(name=layer.name)
+            new = FoldedBatchNorm(name=layer.name)
         elif plan is None:
             new = layer.__class__.from_config(layer.get_config())
         elif plan.rewrite == "dense_as_bconv":
-            new = BinaryDenseAsConv(layer)
+            new = BinaryDenseAsConv.from_layer(layer)
         else:
             in_lo, in_hi, out_lo, out_hi = ranges[layer.name]
             exact_in = _activation_range(layer.input_quantizer)
@@ -588,7 +779,7 @@ def rewrite_model(
             signs_only = exact_out is None and _only_signs_read(readers[layer.name])
             if exact_out is None:
                 out_lo, out_hi = ranges[(bn or layer).name][2:]
-            new = Int8Layer(
+            new = Int8Layer.from_layer(
                 layer,
                 in_range,
                 exact_out or _widen(out_lo, out_hi),

@@ -30,15 +30,17 @@ def tfquant_cli(*args: str) -> subprocess.CompletedProcess:
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     base = binary_cnn()
-    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    x = keras.layers.GlobalAveragePooling2D()(base.outputs[0])
     x = QuantDense(16, input_quantizer="ste_sign", kernel_quantizer="ste_sign")(x)
-    keras.Model(base.input, x).save(root / "binary.keras")
+    keras.Model(base.inputs[0], x).save(root / "binary.keras")
     float_kernel = binary_cnn()
     float_kernel.layers[0].kernel_gate.assign(0.0)  # forwards the latent float kernel
     float_kernel.save(root / "float_kernel.keras")
     inp = keras.Input((4,))
     unsupported = keras.Model(inp, keras.layers.Lambda(lambda v: tf.math.digamma(v))(inp))
-    unsupported.save(root / "unsupported.h5")
+    # A Lambda's Python code does not load from .keras / .h5 in safe mode: a SavedModel
+    # directory (model.export) carries the traced graph instead.
+    unsupported.export(str(root / "unsupported_savedmodel"), verbose=False)
     (root / "not_a_model.keras").write_text("hello")
     keras.backend.clear_session()
     return root
@@ -100,7 +102,7 @@ def test_not_a_model(models, tmp_path):
 def test_unsupported_layers_leave_existing_output_untouched(models, tmp_path):
     out = tmp_path / "m.tflite"
     out.write_bytes(b"old")
-    proc = tfquant_cli("convert", models / "unsupported.h5", "-o", out)
+    proc = tfquant_cli("convert", models / "unsupported_savedmodel", "-o", out)
     _fails_cleanly(proc, out, "Digamma", "neither TFLite nor LCE", old=b"old")
 
 
@@ -142,11 +144,29 @@ def test_help_lists_subcommands():
         assert name in text
 
 
-@pytest.mark.slow
 def test_convert_saved_model_directory(models, tmp_path):
+    # Keras 3's model.export writes no Keras layers: converted as it is (the binary Dense
+    # stays FULLY_CONNECTED), checked against the SavedModel's own serving signature.
     model = keras.models.load_model(models / "binary.keras")
-    model.save(tmp_path / "saved")
+    model.export(str(tmp_path / "saved"), verbose=False)
     out = tmp_path / "m.tflite"
     proc = tfquant_cli("convert", tmp_path / "saved", "-o", out, "-q")
     assert proc.returncode == 0, proc.stderr
-    assert op_counts(out.read_bytes())["LceBconv2d"] == 3
+    ops = op_counts(out.read_bytes())
+    assert ops["LceBconv2d"] == 2 and "FULLY_CONNECTED" in ops
+    assert "parity vs SavedModel serving signature" in proc.stdout
+    assert "note: SavedModel directory" in proc.stdout
+    summary = tfquant_cli("summary", tmp_path / "saved")
+    _fails_cleanly(summary, out, "SavedModel", ".keras", old=out.read_bytes())
+
+
+def test_output_files_follow_the_umask(models, tmp_path):
+    from tfquant.cli import main
+
+    out = tmp_path / "m.tflite"
+    old = os.umask(0o027)
+    try:
+        assert main(["convert", str(models / "binary.keras"), "-o", str(out), "-q"]) == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o640

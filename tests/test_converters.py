@@ -14,10 +14,11 @@ from tfquant.converters import (
     bench,
     convert,
     convert_with_report,
+    load_model,
     write_atomic,
 )
-from tfquant.converters.inspect import op_counts, size_breakdown
-from tfquant.converters.rewrite import int8_weight_scales
+from tfquant.converters.inspect import io_details, op_counts, run, size_breakdown
+from tfquant.converters.rewrite import int8_weight_scales, plan_layers, rewrite_model
 
 import tfquant
 from tfquant._keras import keras
@@ -34,9 +35,9 @@ def _act2():
 def binary_dense_model() -> keras.Model:
     """Binary convs, then a binary QuantDense head (LCE issue 53)."""
     base = binary_cnn()
-    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    x = keras.layers.GlobalAveragePooling2D()(base.outputs[0])
     x = QuantDense(16, **BINARY)(x)
-    return keras.Model(base.input, x)
+    return keras.Model(base.inputs[0], x)
 
 
 def _set_bn(model: keras.Model, seed: int = 0) -> None:
@@ -301,6 +302,15 @@ def test_write_atomic(tmp_path):
     target = tmp_path / "m.tflite"
     write_atomic(target, b"abc")
     assert target.read_bytes() == b"abc"
+    for umask in (0o022, 0o077, 0o002):
+        old = os.umask(umask)
+        try:
+            write_atomic(target, "text")
+        finally:
+            os.umask(old)
+        # the mode open() would give, not mkstemp's 0600
+        assert target.stat().st_mode & 0o777 == 0o666 & ~umask, oct(umask)
+    assert target.read_text() == "text"
     with pytest.raises(ConversionError, match="Cannot write"):
         write_atomic(tmp_path / "no" / "m.tflite", b"abc")
     with pytest.raises(ConversionError, match="directory"):
@@ -312,16 +322,103 @@ def test_write_atomic(tmp_path):
 # Formats and the benchmark helpers
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".keras", ".h5", ""])
-def test_saved_formats_convert_like_the_model(tmp_path, suffix):
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_saved_files_convert_like_the_model(tmp_path, suffix):
     model = binary_dense_model()
-    path = str(tmp_path / f"model{suffix or '_savedmodel'}")
+    path = str(tmp_path / f"model{suffix}")
     model.save(path)
     flatbuffer, report = convert_with_report(path)
     assert op_counts(flatbuffer) == op_counts(convert(model))
     assert [r.became for r in report.layers] == ["binary"] * 3
     assert report.parity["max_abs_diff"] <= 1e-5 * max(1.0, report.parity["output_scale"])
+
+
+def test_saved_model_directory_converts_as_it_is(tmp_path):
+    # Keras 3's model.export writes no Keras layers: no rewrite, no attribution, parity
+    # against the SavedModel's own serving signature, and the report says so.
+    model = binary_dense_model()
+    path = tmp_path / "exported"
+    model.export(str(path), verbose=False)
+    x = _x((3, 16, 16, 32))
+    flatbuffer, report = convert_with_report(path, parity_inputs=x)
+    as_is = convert(model, rewrite=False, allow_float=True)
+    assert op_counts(flatbuffer) == op_counts(as_is)
+    assert report.ops.get("LceBconv2d") == 2 and "FULLY_CONNECTED" in report.ops
+    assert report.layers == [] and report.sizes["ideal_bitpacked"] is None
+    assert any("SavedModel directory" in n and "not checked" in n for n in report.notes)
+    assert report.parity["reference"] == "SavedModel serving signature"
+    assert report.parity["max_abs_diff"] <= 1e-5 * max(1.0, report.parity["output_scale"])
+    assert "parity vs SavedModel serving signature" in report.text()
+    expected = model(x).numpy()
+    np.testing.assert_allclose(run(flatbuffer, x)[0], expected, atol=1e-5 * np.abs(expected).max())
+    with pytest.raises(ConversionError, match="SavedModel.*no Keras layers"):
+        load_model(path)
+    with pytest.raises(ConversionError, match="layer names"):
+        convert(path, int8=["quant_dense"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match="without saved_model.pb"):
+        convert(tmp_path / "empty")
+
+
+def test_legacy_keras_model_gets_an_error_naming_both_packages():
+    legacy = type("Sequential", (), {"__module__": "tf_keras.src.engine.sequential"})()
+    with pytest.raises(ConversionError, match="Keras 3.*tf_keras") as info:
+        convert(legacy)
+    assert isinstance(info.value, TypeError)
+
+
+def test_rewritten_model_serializes_and_keeps_the_batch_dynamic(tmp_path):
+    model = mixed_model()
+    plans = plan_layers(model)
+    x = _x((8, 16, 16, 3))
+    deploy, _ = rewrite_model(model, plans, calibration_data=x)
+    kinds = {type(layer).__name__ for layer in deploy.layers}
+    assert {"BinaryDenseAsConv", "Int8Layer", "FoldedBatchNorm"} <= kinds
+    deploy.save(tmp_path / "deploy.keras")
+    again = keras.models.load_model(tmp_path / "deploy.keras")
+    np.testing.assert_array_equal(again(x).numpy(), deploy(x).numpy())
+    flatbuffer = convert(model, calibration_data=x)
+    # The exported signature has a None batch; LCE's converter writes batch 1 (no
+    # shape_signature), and LCE's interpreter runs a batch sample by sample.
+    (inp,), (out,) = io_details(flatbuffer)
+    assert inp["shape"] == [1, 16, 16, 3] and out["shape"] == [1, 10]
+    for batch in (1, 5):
+        xb = _x((batch, 16, 16, 3), seed=batch)
+        expected = model(xb).numpy()
+        np.testing.assert_allclose(
+            run(flatbuffer, xb)[0], expected, atol=1e-4 * np.abs(expected).max()
+        )
+
+
+def test_parity_matches_inputs_and_outputs_by_signature_name(tmp_path):
+    # The flatbuffer's tensor order need not be the model's (measured: outputs reversed
+    # here); parity feeds and reads by the serving signature's names.
+    b, a = keras.Input((6,), name="zeta"), keras.Input((4,), name="alpha")
+    y = keras.layers.Concatenate()([keras.layers.Dense(3)(b), keras.layers.Dense(2)(a)])
+    model = keras.Model([b, a], [y, keras.layers.Dense(5)(a)])
+    _, report = convert_with_report(model)
+    assert report.parity["max_abs_diff"] < 1e-5, report.parity
+    model.export(str(tmp_path / "two"), verbose=False)
+    _, report = convert_with_report(tmp_path / "two")
+    assert report.parity["max_abs_diff"] < 1e-5, report.parity
+
+
+def test_export_directory_is_removed_on_success_and_failure(tmp_path, monkeypatch):
+    import tempfile
+
+    from tfquant.converters import lce
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    convert(binary_cnn())
+    assert os.listdir(tmp_path) == []
+
+    def fail(*args, **kwargs):
+        raise ConversionError("Larq Compute Engine could not convert the model: test")
+
+    monkeypatch.setattr(lce, "_run_lce", fail)
+    with pytest.raises(ConversionError, match="test"):
+        convert(binary_cnn())
+    assert os.listdir(tmp_path) == []
 
 
 def test_size_breakdown_and_latency_helpers():

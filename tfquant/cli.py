@@ -128,9 +128,12 @@ def _register_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a Keras model to an LCE TFLite flatbuffer, with a report",
-        description="Convert a tfquant Keras model (.keras, .h5 or SavedModel directory) "
-        "through Larq Compute Engine, check it against Keras with LCE's interpreter, and "
-        "print what each quantized layer became.",
+        description="Convert a tfquant Keras 3 model (.keras or .h5 file) through Larq "
+        "Compute Engine (model.export, then LCE's convert_saved_model), check it against "
+        "Keras with LCE's interpreter, and print what each quantized layer became. A "
+        "SavedModel directory (from model.export) holds no Keras layers: it is converted as "
+        "it is, without tfquant's rewrites or per-layer checks, and checked against its own "
+        "serving signature.",
     )
     p.add_argument("model", help="a .keras or .h5 file, or a SavedModel directory")
     p.add_argument("-o", "--output", required=True, help="the .tflite file to write")
@@ -182,7 +185,11 @@ def _register_summary(sub) -> None:
         "summary",
         help="per-layer bits, parameters, bit-packed memory and MACs of a model",
     )
-    p.add_argument("model", help="a .keras or .h5 file, or a SavedModel directory")
+    p.add_argument(
+        "model",
+        help="a .keras or .h5 file (a SavedModel directory from model.export holds no "
+        "Keras layers to summarise)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_cmd_summary)
 
