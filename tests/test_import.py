@@ -69,13 +69,14 @@ _LEGACY = """
 import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import numpy as np, tensorflow as tf, keras, tfquant
+from tfquant import converters
 legacy = tf.keras  # tf-keras (Keras 2)
 assert legacy.layers.Layer.__module__.startswith("tf_keras"), legacy.layers.Layer.__module__
 model = legacy.Sequential([legacy.Input((4,)), legacy.layers.Dense(2)])
 for name, call in [
     ("finalize", lambda: tfquant.finalize(model)),
     ("summary", lambda: tfquant.summary(model, print_fn=None)),
-    ("convert", lambda: tfquant.converters.convert(model)),
+    ("convert", lambda: converters.convert(model)),
     ("layer_on_legacy_input", lambda: tfquant.layers.QuantDense(2)(legacy.Input((4,)))),
     ("mirror_descent", lambda: model.compile(optimizer=tfquant.MirrorDescent(), loss="mse")),
 ]:

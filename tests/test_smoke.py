@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import randomize_batchnorm
 
 import tfquant
 from tfquant import converters, layers, quantizers
@@ -25,7 +26,7 @@ WEIGHT_QUANTIZERS = [
 
 def _model(kernel_quantizer, input_quantizer="ste_sign"):
     common = dict(input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer)
-    return keras.Sequential(
+    model = keras.Sequential(
         [
             keras.Input((8, 8, 32)),
             layers.QuantConv2D(32, 3, padding="same", pad_values=1.0, use_bias=False, **common),
@@ -35,18 +36,33 @@ def _model(kernel_quantizer, input_quantizer="ste_sign"):
             layers.QuantDense(10, **common),
         ]
     )
+    # Trained-looking BatchNorm: with the initial one (mean 0, offset 0) the sign after a
+    # scaled binary conv sits on exact ties, where Keras' float sum of +-alpha terms and
+    # LCE's exact integer count may round to different signs.
+    randomize_batchnorm(model)
+    return model
 
 
 @pytest.mark.parametrize("kernel_quantizer", WEIGHT_QUANTIZERS, ids=str)
 def test_every_weight_quantizer_and_layer_converts(kernel_quantizer):
     model = _model(kernel_quantizer)
     x = np.random.default_rng(0).normal(size=(4, 8, 8, 32)).astype(np.float32)
-    flatbuffer, report = converters.convert_with_report(model, parity_inputs=x, allow_float=True)
+    flatbuffer, report = converters.convert_with_report(
+        model, parity_inputs=x, calibration_data=x, allow_float=True
+    )
     assert {r.name for r in report.layers} == {layer.name for layer in model.layers if "quant" in layer.name}
-    assert report.parity["max_abs_diff"] < 1e-3, report.parity
+    parity = report.parity
     if kernel_quantizer in ("ste_sign", "approx_sign", "scaled_sign"):
+        assert parity["relative_max_diff"] < 1e-5, parity
         ops = converters.inspect.op_counts(flatbuffer)
         assert ops.get("LceBconv2d") == 2, ops  # the conv and the dense (1x1 rewrite)
+    else:
+        # Ternary and k-bit layers become int8 kernels; their int8 outputs are rounded to
+        # calibrated ranges (exactness is tested in test_converters.py), and a sign after
+        # them can flip where the rounding crosses 0.
+        became = {r.name: r.became for r in report.layers}
+        assert became["quant_conv2d"] == "int8" and became["quant_dense"] == "int8", became
+        assert parity["mean_abs_diff"] <= 0.05 * parity["output_scale"], parity
 
 
 @pytest.mark.parametrize(
@@ -93,7 +109,8 @@ def _compile(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_one_training_step_of_every_method_then_keras_save_and_load(method, tmp_path):
     model, optimizer, callbacks = _compile(method)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(16, 6, 6, 1)).astype(np.float32), rng.integers(0, 3, 16)
     before = [v.numpy().copy() for v in model.trainable_variables]
