@@ -40,9 +40,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import keras  # noqa: E402
 
 import tfquant  # noqa: E402
-from tfquant._keras import keras  # noqa: E402
 from tfquant.methods import binary_relax  # noqa: E402
 
 

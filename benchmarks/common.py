@@ -1,5 +1,8 @@
 """Shared pieces of the benchmark scripts: data, the binary-weight CNN, train + evaluate.
 
+Keras 3 (``import keras``, TensorFlow backend), as tfquant; ``compare_larq.py`` adds larq's
+tf-keras models beside it.
+
 Every training benchmark builds the same network with :func:`binary_weight_cnn` and runs
 :func:`fit_and_evaluate`, so methods are compared on equal terms (same data, epochs, seed).
 """
@@ -10,11 +13,12 @@ import json
 import platform
 import time
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 import tfquant
 from tfquant import datasets
-from tfquant._keras import keras, tf
 
 
 def load_data(
@@ -62,8 +66,12 @@ def binary_weight_cnn(
     return keras.Model(inputs, outputs, name="binary_weight_cnn")
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Wall time of each training batch; the first ``skip`` (tracing, warm-up) are dropped."""
+class StepTimes:
+    """Wall time of each training batch; the first ``skip`` (tracing, warm-up) are dropped.
+
+    The callback methods without a Keras base class: :class:`StepTimer` is the Keras 3
+    callback, and a tf-keras one is ``class T(StepTimes, tf_keras.callbacks.Callback)`` (a
+    Keras 3 callback cannot be given to a tf-keras ``fit``, nor the other way round)."""
 
     def __init__(self, skip: int = 5):
         super().__init__()
@@ -81,6 +89,10 @@ class StepTimer(keras.callbacks.Callback):
     def seconds_per_step(self) -> float:
         times = self.times[self.skip :] or self.times
         return float(np.median(times))
+
+
+class StepTimer(StepTimes, keras.callbacks.Callback):
+    """:class:`StepTimes` as a Keras 3 callback."""
 
 
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
@@ -173,6 +185,23 @@ def paired_gain(a, b) -> dict:
     }
 
 
+def step_time_ratio(a_rounds, b_rounds) -> dict:
+    """Step time of ``a`` over ``b``, from their per-round times of interleaved rounds: the
+    ratio of the medians over rounds, and the median and quartiles of the round-by-round
+    ratio (both timed within seconds of each other: the spread is the machine's noise)."""
+    a, b = np.asarray(a_rounds, dtype=float), np.asarray(b_rounds, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise ValueError(
+            f"Expected two equal-length, non-empty lists. Received: {a.tolist()}, {b.tolist()}"
+        )
+    paired = a / b
+    return {
+        "ratio_of_medians": float(np.median(a) / np.median(b)),
+        "per_round_median": float(np.median(paired)),
+        "per_round_quartiles": [float(np.percentile(paired, 25)), float(np.percentile(paired, 75))],
+    }
+
+
 def parse_seeds(parser, text: str) -> list[int]:
     """The integers of a comma-separated ``--seeds`` value; a usage error (exit 2) otherwise."""
     try:
@@ -188,6 +217,7 @@ def machine() -> dict:
     return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
+        "keras": keras.__version__,
         "cpu_count": __import__("os").cpu_count(),
         "processor": platform.processor() or platform.machine(),
     }

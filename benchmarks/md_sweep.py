@@ -37,10 +37,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import keras  # noqa: E402
 
 import tfquant  # noqa: E402
 from tfquant import zoo  # noqa: E402
-from tfquant._keras import keras  # noqa: E402
 from tfquant.callbacks import BetaAnnealing  # noqa: E402
 
 ARCHS = ("binary_cnn", "bireal_cnn", "binary_weight_cnn")

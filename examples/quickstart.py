@@ -74,7 +74,11 @@ def main(argv=None) -> dict:
     keras.utils.set_random_seed(0)
     (xtr, ytr), (xte, yte) = load_digits(args.limit)
     model = build_model()
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model.fit(xtr, ytr, epochs=args.epochs, batch_size=64, validation_data=(xte, yte), verbose=2)
     tfquant.finalize(model, xtr, batch_size=256)
     summary = tfquant.summary(model)

@@ -45,3 +45,15 @@ def test_paired_gain_pairs_by_seed():
 def test_paired_gain_rejects_unpaired_input(a, b):
     with pytest.raises(ValueError, match="Expected two equal-length"):
         common.paired_gain(a, b)
+
+
+def test_step_time_ratio_of_interleaved_rounds():
+    # Round 3 is slow for both (another process ran): the per-round ratio does not see it.
+    a, b = [0.11, 0.12, 0.30, 0.11], [0.10, 0.10, 0.25, 0.10]
+    ratio = common.step_time_ratio(a, b)
+    assert ratio["ratio_of_medians"] == pytest.approx(np.median(a) / np.median(b))
+    paired = np.array(a) / np.array(b)
+    assert ratio["per_round_median"] == pytest.approx(np.median(paired))
+    assert ratio["per_round_quartiles"] == pytest.approx(np.percentile(paired, [25, 75]))
+    with pytest.raises(ValueError, match="Expected two equal-length"):
+        common.step_time_ratio([0.1], [0.1, 0.2])
