@@ -4,18 +4,20 @@ the lambda schedule and phase switch, checkpoint/resume, LCE conversion, bad inp
 import doctest
 import math
 
+import keras
 import larq_compute_engine as lce
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import assert_roundtrip, binary_cnn, grad_of, np_sign
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from tfquant.converters import convert
 from tfquant.converters.inspect import op_counts
 
 import tfquant
 from tfquant import quantizers
-from tfquant._keras import keras, tf
 from tfquant.methods import binary_relax
 from tfquant.methods.binary_relax import (
     BinaryRelaxSchedule,
@@ -168,7 +170,7 @@ class Recorder(keras.callbacks.Callback):
         self.lambdas, self.rates = [], []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.rates.append(float(keras.backend.get_value(self.model.optimizer.learning_rate)))
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
     def on_train_batch_begin(self, batch, logs=None):
         self.lambdas.append(float(relaxed_quantizers(self.model)[0].relax_lambda.numpy()))
@@ -248,9 +250,9 @@ def test_schedule_per_step():
     [
         lambda: keras.optimizers.SGD(0.1, momentum=0.9),
         lambda: keras.optimizers.Adam(0.1),
-        lambda: keras.optimizers.legacy.Adam(0.1),
+        lambda: keras.optimizers.RMSprop(0.1),
     ],
-    ids=["sgd", "adam", "legacy_adam"],
+    ids=["sgd", "adam", "rmsprop"],
 )
 def test_phase_switch(optimizer):
     model = dense_model()
@@ -305,15 +307,20 @@ def test_resume_from_a_saved_model_continues_the_schedule(tmp_path):
     assert recorder.rates == [pytest.approx(0.005)] and recorder.lambdas == [np.inf] * 4
 
 
-def test_tf_checkpoint_restores_lambda(tmp_path):
+def test_tf_checkpoint_and_weights_file_restore_lambda(tmp_path):
     model = dense_model()
     binary_relax.apply(model)
     relaxed_quantizers(model)[1].relax_lambda.assign(7.0)
-    model.save_weights(str(tmp_path / "ckpt"))
-    other = dense_model()
-    binary_relax.apply(other)
-    other.load_weights(str(tmp_path / "ckpt"))
-    assert float(relaxed_quantizers(other)[1].relax_lambda.numpy()) == 7.0
+    ckpt = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    model.save_weights(str(tmp_path / "m.weights.h5"))
+    for restore in [
+        lambda m: tf.train.Checkpoint(model=m).read(ckpt).assert_consumed(),
+        lambda m: m.load_weights(str(tmp_path / "m.weights.h5")),
+    ]:
+        other = dense_model()
+        binary_relax.apply(other)
+        restore(other)
+        assert [float(q.relax_lambda.numpy()) for q in relaxed_quantizers(other)] == [1.0, 7.0]
 
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
@@ -329,17 +336,46 @@ def test_model_save_load_keeps_lambda(tmp_path, fmt):
     np.testing.assert_allclose(loaded(DATA[0]).numpy(), model(DATA[0]).numpy(), atol=1e-6)
 
 
-def test_under_mirrored_strategy(mirrored):
-    strategy = mirrored
-    with strategy.scope():
-        model = dense_model()
-        model.compile(keras.optimizers.SGD(0.1), "mse")
-    callbacks = binary_relax.apply(model, growth=2.0, phase_two_epoch=2, lr_multiplier=0.5)
+def bn_model():
+    """dense_model with a synchronized BatchNorm between the layers: under MirroredStrategy
+    its moving statistics come from the global batch, as on one device."""
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            tfquant.layers.QuantDense(6, kernel_quantizer="scaled_sign", use_bias=False),
+            keras.layers.BatchNormalization(synchronized=True),
+            tfquant.layers.QuantDense(4, kernel_quantizer="scaled_sign", use_bias=False),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [lambda: keras.optimizers.SGD(0.1, momentum=0.9), lambda: keras.optimizers.Adam(0.01)],
+    ids=["sgd", "adam"],
+)
+def test_under_mirrored_strategy_matches_one_device(mirrored, optimizer):
+    settings_ = dict(growth=2.0, phase_two_epoch=2, lr_multiplier=0.5)
+    single = bn_model()
+    single.compile(optimizer(), "mse")
+    fit(single, binary_relax.apply(single, **settings_), epochs=3)
+    with mirrored.scope():
+        model = bn_model()
+        model.compile(optimizer(), "mse")
+    callbacks = binary_relax.apply(model, **settings_)
     recorder, _ = fit(model, callbacks, epochs=3)
     np.testing.assert_allclose(recorder.lambdas, np.repeat([1.0, 2.0, np.inf], 4))
     lam = relaxed_quantizers(model)[0].relax_lambda
-    assert all(float(v.numpy()) == math.inf for v in lam.values)
-    assert recorder.rates == pytest.approx([0.1, 0.1, 0.05])
+    assert all(float(v.numpy()) == math.inf for v in lam.value.values)  # every replica's copy
+    rate = recorder.rates[0]
+    assert recorder.rates == pytest.approx([rate, rate, rate * 0.5])
+    # Same trainable weights, BatchNorm statistics and optimizer state as on one device
+    # (12 steps of 2 replicas with 4 examples each against one of 8).
+    for a, b in zip(model.weights, single.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+    for a, b in zip(model.optimizer.variables, single.optimizer.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
 
 
 def test_binary_relax_trained_binary_cnn_converts_to_lce_bconv2d():
@@ -351,7 +387,7 @@ def test_binary_relax_trained_binary_cnn_converts_to_lce_bconv2d():
     model.compile(keras.optimizers.Adam(1e-3), "mse")
     model.fit(x, y, batch_size=8, epochs=2, callbacks=callbacks, verbose=0)
     tfquant.finalize(model)
-    flatbuffer = lce.convert_keras_model(model)
+    flatbuffer = convert(model)
     ops = op_counts(flatbuffer)
     assert ops.get("LceBconv2d") == 2 and "CONV_2D" not in ops, ops
     out = lce.testing.Interpreter(flatbuffer).predict(x[:4])
@@ -401,6 +437,17 @@ def test_bad_input_says_expected_and_received(make, expected):
     with pytest.raises(ValueError, match="Expected|Unknown") as info:
         make()
     assert expected in str(info.value)
+
+
+def test_tf_keras_model_is_refused_naming_both_packages():
+    tf_keras = pytest.importorskip("tf_keras")
+    legacy = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match="Expected a Keras 3 model.*tf_keras"):
+        binary_relax.apply(legacy)
+    schedule = BinaryRelaxSchedule()
+    schedule.set_model(legacy)
+    with pytest.raises(TypeError, match="Expected a Keras 3 model"):
+        schedule.on_train_begin()
 
 
 def test_phase_two_beyond_training_fails_at_fit():

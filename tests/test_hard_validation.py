@@ -3,12 +3,13 @@ training is unchanged by it, and restore_best returns to the chosen epoch exactl
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfquant
 from tfquant import layers
-from tfquant._keras import keras, tf
 from tfquant.callbacks import BetaAnnealing, HardValidation
 
 BATCH = 64
@@ -42,7 +43,7 @@ def _model(optimizer=None, seed=0):
     model.compile(
         optimizer if optimizer is not None else tfquant.MirrorDescent(),
         "sparse_categorical_crossentropy",
-        ["accuracy"],
+        metrics=["accuracy"],
     )
     return model
 
@@ -123,6 +124,16 @@ def test_unknown_monitor_names_the_available_keys(digits):
     hard = HardValidation(validation, train[0], monitor="val_accuracy")
     with pytest.raises(ValueError, match=r"hard_val_accuracy.*Received: monitor='val_accuracy'"):
         _fit(_model(), train, 1, [hard])
+
+
+def test_tf_keras_model_is_refused_naming_both_packages(digits):
+    tf_keras = pytest.importorskip("tf_keras")
+    train, validation = digits
+    legacy = tf_keras.Sequential([tf_keras.Input((64,)), tf_keras.layers.Dense(10)])
+    hard = HardValidation(validation, train[0])
+    hard.set_model(legacy)
+    with pytest.raises(TypeError, match="Expected a Keras 3 model.*tf_keras"):
+        hard.on_train_begin()
 
 
 def test_restore_best_refuses_ema(digits):

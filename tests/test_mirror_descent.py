@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfquant
 from tfquant import layers, quantizers
-from tfquant._keras import keras, tf
 from tfquant.callbacks import BetaAnnealing, BetaLogger
 from tfquant.optimizers import mirror_maps as mm
 
@@ -132,7 +133,7 @@ def test_golden_values_against_numpy_reference(variant):
     )
     opt.build(model.trainable_variables)
     assert float(model.layers[0].kernel_gate.numpy()) == 0.0  # the primal forward
-    idx = opt._index_dict[opt._var_key(kernel)]
+    idx = opt._get_variable_index(kernel)
     levels, state = opt._state_of(kernel)
     assert levels == variant.levels
     if state is None:  # MD-tanh: the kernel is the primal
@@ -341,47 +342,97 @@ def test_checkpoint_resume_continues_exactly(tmp_path, mirror_map):
         np.testing.assert_array_equal(a, b)
 
 
-def test_model_save_keeps_the_duals(tmp_path):
+@pytest.mark.parametrize("mirror_map, stable", [("tanh", True), ("softmax", False)])
+def test_keras_file_keeps_the_optimizer_and_resumed_fit_continues_exactly(
+    tmp_path, mirror_map, stable
+):
+    """Keras 3 saves the optimizer's variables (duals, simplices, moments, iterations, the
+    beta horizon) in the .keras file; load_model (safe mode) rebuilds MirrorDescent."""
     x, y = _data()
+    fit = dict(batch_size=4, shuffle=False, verbose=0)
     model = _conv_model()
-    _compile(model, stable=True)
-    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    _compile(model, mirror_map=mirror_map, stable=stable)
+    model.fit(x, y, epochs=1, callbacks=[BetaAnnealing()], **fit)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded.optimizer, tfquant.MirrorDescent)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert loaded.optimizer.beta_horizon == model.optimizer.beta_horizon == 4
+    assert loaded.optimizer.beta == pytest.approx(model.optimizer.beta)
+    duals = 0
     for var, other in zip(model.trainable_variables, loaded.trainable_variables):
         dual = model.optimizer.dual(var)
         if dual is not None:
+            duals += 1
             np.testing.assert_array_equal(loaded.optimizer.dual(other).numpy(), dual.numpy())
+    assert duals == (2 if stable else 0)
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # shapes included
+    for layer in (0, 2):  # the primal forward (gate 0) is saved with the layers
+        assert float(loaded.layers[layer].kernel_gate.numpy()) == 0.0
+
+    model.fit(x, y, epochs=2, **fit)
+    loaded.fit(x, y, epochs=2, **fit)
     for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("mirror_map, stable", [("tanh", True), ("softmax", False)])
+def _conv_bn_model(quantizer="ste_sign", seed=0):
+    """_conv_model with a synchronized BatchNorm (its statistics from the global batch) and
+    binary activations."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            layers.QuantConv2D(4, 3, kernel_quantizer=quantizer, use_bias=False),
+            keras.layers.BatchNormalization(synchronized=True),
+            keras.layers.Flatten(),
+            layers.QuantDense(4, input_quantizer="ste_sign", kernel_quantizer=quantizer),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "mirror_map, stable", [("tanh", True), ("softmax", False), ("ternary", True)]
+)
 def test_mirrored_strategy_matches_single_device(mirror_map, stable, mirrored):
-    x, y = _data(n=16)
-    fit = dict(batch_size=8, epochs=2, shuffle=False, verbose=0)
-    single = _conv_model()
+    """Two replicas of 4 examples against one device with batches of 8, eight steps:
+    the same kernels, duals / simplices, moments, BatchNorm statistics and beta."""
+    x, y = _data(n=32)
+    fit = dict(batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[BetaAnnealing()])
+    quantizer = "ste_sign"
+    if mirror_map == "ternary":
+        quantizer = {"class_name": "SteTernary", "config": {"method": "fixed"}}
+
+    single = _conv_bn_model(quantizer)
     _compile(single, mirror_map=mirror_map, stable=stable)
     single.fit(x, y, **fit)
 
-    strategy = mirrored
-    with strategy.scope():
-        mirrored = _conv_model()
-        _compile(mirrored, mirror_map=mirror_map, stable=stable)
-    mirrored.fit(x, y, **fit)
-    for a, b in zip(mirrored.get_weights(), single.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    for a, b in zip(mirrored.optimizer.variables, single.optimizer.variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
-    assert mirrored.optimizer.beta == pytest.approx(single.optimizer.beta)
+    with mirrored.scope():
+        replicated = _conv_bn_model(quantizer)
+        _compile(replicated, mirror_map=mirror_map, stable=stable)
+    replicated.fit(x, y, **fit)
+    opt = replicated.optimizer
+    assert len(opt._mirror_vars) == 2
+    for a, b in zip(replicated.weights, single.weights):  # BatchNorm statistics included
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+    for a, b in zip(opt.variables, single.optimizer.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+    for var in opt._mirror_vars:  # every replica holds the same kernel
+        first, *others = (c.numpy() for c in var.value.values)
+        for other in others:
+            np.testing.assert_array_equal(other, first)
+    assert opt.beta == pytest.approx(single.optimizer.beta)
+    assert int(opt.iterations.numpy()) == 8
 
 
 def test_finalize_gives_hard_quantization_and_converts_to_lce_bconv2d():
-    import larq_compute_engine as lce
     from helpers import binary_cnn
+    from tfquant.converters import convert
     from tfquant.converters.inspect import op_counts
 
     model = binary_cnn("ste_sign", input_shape=(8, 8, 32))
@@ -395,7 +446,7 @@ def test_finalize_gives_hard_quantization_and_converts_to_lce_bconv2d():
     tfquant.finalize(model, x)
     for var, dual in zip(opt._mirror_vars, duals):
         np.testing.assert_array_equal(var.numpy(), np.where(dual >= 0, 1.0, -1.0))
-    ops = op_counts(lce.convert_keras_model(model))
+    ops = op_counts(convert(model))
     assert ops.get("LceBconv2d") == 2 and "CONV_2D" not in ops, ops
 
 
@@ -413,25 +464,67 @@ def test_hard_quantize_takes_the_argmax_of_the_simplex():
     np.testing.assert_array_equal(kernel.numpy(), expected)
 
 
-def test_callbacks_anneal_over_fit_and_log_beta(tmp_path):
+def test_callbacks_anneal_over_fit_and_log_beta():
     x, y = _data(n=16)
     model = _conv_model()
     model.compile(tfquant.MirrorDescent(beta_max=100.0), "sparse_categorical_crossentropy")
+    assert model.optimizer.beta_horizon is None
     history = model.fit(
-        x,
-        y,
-        batch_size=4,
-        epochs=3,
-        verbose=0,
-        callbacks=[BetaAnnealing(), BetaLogger(log_dir=str(tmp_path), update_freq=2)],
+        x, y, batch_size=4, epochs=3, verbose=0, callbacks=[BetaAnnealing(), BetaLogger()]
     )
     opt = model.optimizer
-    assert opt.beta_horizon == 12
+    assert opt.beta_horizon == 12  # set after the train step was traced: it is a variable
     assert opt.beta == pytest.approx(100.0, rel=1e-5)
     betas = history.history["beta"]
     np.testing.assert_allclose(betas, [100.0 ** (k / 3) for k in (1, 2, 3)], rtol=1e-5)
     assert history.history["quantization_gap"][-1] < history.history["quantization_gap"][0]
+
+
+def test_beta_logger_writes_tensorboard_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    x, y = _data(n=16)
+    model = _conv_model()
+    model.compile(tfquant.MirrorDescent(), "sparse_categorical_crossentropy")
+    logger = BetaLogger(log_dir=str(tmp_path), update_freq=2)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[logger])
     assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_beta_logger_without_tensorboard_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(tfquant.callbacks, "_has_tensorboard", lambda: False)
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        BetaLogger(log_dir=str(tmp_path))
+    BetaLogger()  # logs only: no TensorBoard needed
+
+
+def test_weight_decay_skips_the_quantized_kernels():
+    """Decoupled weight decay applies to the Adam variables (the bias), not to a primal. With
+    zero gradients MD-tanh leaves the primal where it is; a decayed kernel would shrink."""
+    model = linear_model("ste_sign")
+    kernel, bias = model.layers[0].kernel, model.layers[0].bias
+    bias.assign(np.ones(3, np.float32))
+    w0 = kernel.numpy()
+    opt = tfquant.MirrorDescent(learning_rate=0.1, stable=False, weight_decay=0.5)
+    opt.build(model.trainable_variables)
+    assert not opt._use_weight_decay(kernel) and opt._use_weight_decay(bias)
+    zeros = [tf.zeros_like(v) for v in model.trainable_variables]
+    for _ in range(3):
+        opt.apply_gradients(zip(zeros, model.trainable_variables))
+    np.testing.assert_allclose(kernel.numpy(), w0, atol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), np.full(3, (1 - 0.5 * 0.1) ** 3), rtol=1e-6)
+
+
+def test_dual_and_hard_quantize_need_a_built_optimizer():
+    model = linear_model("ste_sign")
+    opt = tfquant.MirrorDescent()
+    with pytest.raises(ValueError, match="Expected a built optimizer"):
+        opt.dual(model.layers[0].kernel)
+    with pytest.raises(ValueError, match="Expected a built optimizer"):
+        opt.hard_quantize()
+    opt.build(model.trainable_variables)
+    assert opt.dual(model.layers[0].bias) is None  # an Adam variable
+    dual = opt.dual(model.layers[0].kernel)
+    np.testing.assert_allclose(opt.project(dual).numpy(), model.layers[0].kernel.numpy(), atol=1e-6)
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -475,6 +568,19 @@ def test_quantizer_that_does_not_fit_the_mirror_map(mirror_map, quantizer, recei
     message = str(err.value)
     assert "quant_dense/kernel" in message and f"mirror_map={mirror_map!r}" in message
     assert f"Received: {received}" in message
+    assert not opt.built and len(opt.variables) == 3  # iteration, learning rate, horizon
+
+
+def test_tf_keras_variables_are_refused_naming_both_packages():
+    tf_keras = pytest.importorskip("tf_keras")
+    legacy = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+    with pytest.raises(TypeError, match="Keras 3") as err:
+        tfquant.MirrorDescent().build(legacy.trainable_variables)
+    assert "tf-keras" in str(err.value) and "Received" in str(err.value)
+    for callback in [BetaAnnealing(), BetaLogger()]:
+        callback.set_model(legacy)
+        with pytest.raises(TypeError, match="Expected a Keras 3 model"):
+            callback.on_train_begin()
 
 
 def test_model_without_quantized_variables_warns_adam():

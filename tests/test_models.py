@@ -1,12 +1,12 @@
 """tfquant.models.summary and finalize."""
 
+import keras
 import numpy as np
 import pytest
 from helpers import binary_cnn
 
 import tfquant
 from tfquant import layers
-from tfquant._keras import keras
 
 
 def _mixed_model():

@@ -11,11 +11,12 @@ method trains, and can keep the best epoch.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import numpy as np
 
-from tfquant._keras import keras, tf
+from tfquant._keras import check_keras3, keras, tf
 
 __all__ = ["BetaAnnealing", "BetaLogger", "HardValidation", "quantization_gap"]
 
@@ -23,6 +24,8 @@ __all__ = ["BetaAnnealing", "BetaLogger", "HardValidation", "quantization_gap"]
 def _mirror_descent(model, optimizer):
     from tfquant.optimizers import MirrorDescent
 
+    if model is not None:
+        check_keras3(model)
     opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     if not isinstance(opt, MirrorDescent):
         raise ValueError(
@@ -32,13 +35,17 @@ def _mirror_descent(model, optimizer):
     return opt
 
 
+def _has_tensorboard() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
 def quantization_gap(optimizer) -> float:
     """Mean :math:`|w - Q(w)|` over the quantized kernels a built ``MirrorDescent`` trains:
     how far the primal the forward pass uses is from its hard quantization (0 = hard)."""
     from tfquant.layers import quantization_of
 
     total, count = 0.0, 0
-    for var in getattr(optimizer, "_mirror_vars", []):
+    for var in optimizer._mirror_vars if getattr(optimizer, "built", False) else []:
         w = tf.convert_to_tensor(var)
         hard = quantization_of(var).quantizer.exact(w)
         total += float(tf.reduce_sum(tf.abs(w - tf.cast(hard, w.dtype))))
@@ -94,6 +101,11 @@ class BetaLogger(keras.callbacks.Callback):
         log_dir: a TensorBoard log directory, or ``None`` to only add to the logs.
         update_freq: ``"epoch"`` or an integer number of batches.
         optimizer: the ``MirrorDescent``; default the model's.
+
+    Raises:
+        ValueError: for a bad ``update_freq``.
+        ImportError: for a ``log_dir`` without the ``tensorboard`` package, which
+            ``tf.summary`` needs (TensorFlow 2.21 no longer installs it).
     """
 
     def __init__(self, log_dir: str | None = None, update_freq: Any = "epoch", optimizer=None):
@@ -103,6 +115,12 @@ class BetaLogger(keras.callbacks.Callback):
         ):
             raise ValueError(
                 f"Expected update_freq 'epoch' or an integer >= 1. Received: {update_freq!r}"
+            )
+        if log_dir is not None and not _has_tensorboard():
+            raise ImportError(
+                "Expected the tensorboard package for BetaLogger(log_dir=...): tf.summary "
+                "writes TensorBoard files with it, and TensorFlow 2.21 no longer installs it "
+                f"(pip install tensorboard). Received: log_dir={log_dir!r} without tensorboard"
             )
         self.log_dir = log_dir
         self.update_freq = update_freq
@@ -183,13 +201,14 @@ class HardValidation(keras.callbacks.Callback):
 
     Example:
 
+    >>> import keras
     >>> import numpy as np
     >>> import tfquant
-    >>> from tfquant._keras import keras
     >>> model = keras.Sequential([keras.Input((8,)),
     ...     tfquant.layers.QuantDense(3, kernel_quantizer="ste_sign"),
     ...     keras.layers.BatchNormalization(), keras.layers.Softmax()])
-    >>> model.compile(tfquant.MirrorDescent(), "sparse_categorical_crossentropy", ["accuracy"])
+    >>> model.compile(tfquant.MirrorDescent(), "sparse_categorical_crossentropy",
+    ...               metrics=["accuracy"])
     >>> x, y = np.random.default_rng(0).normal(size=(64, 8)), np.arange(64) % 3
     >>> hard = tfquant.callbacks.HardValidation((x, y), bn_data=x, restore_best=True)
     >>> history = model.fit(x, y, epochs=2, callbacks=[hard], verbose=0)
@@ -237,6 +256,7 @@ class HardValidation(keras.callbacks.Callback):
         self._best_state = None
 
     def on_train_begin(self, logs=None):
+        check_keras3(self.model)
         if self.restore_best and getattr(self.model.optimizer, "use_ema", False):
             raise ValueError(
                 "Expected an optimizer without use_ema=True when restore_best=True: the best "

@@ -225,7 +225,7 @@ def finalize(
         ``model``.
     """
     optimizer = getattr(model, "optimizer", None)
-    if getattr(optimizer, "_built", False) and callable(getattr(optimizer, "hard_quantize", None)):
+    if getattr(optimizer, "built", False) and callable(getattr(optimizer, "hard_quantize", None)):
         # An optimizer that keeps its own state of the quantized weights (MirrorDescent's
         # simplex for the softmax map) knows their hard values better than Q(kernel).
         optimizer.hard_quantize()

@@ -28,9 +28,9 @@ from a checkpoint with ``initial_epoch`` continues the schedule) and switches to
 
 Example:
 
+>>> import keras
 >>> import numpy as np
 >>> import tfquant
->>> from tfquant._keras import keras
 >>> from tfquant.methods import binary_relax
 >>> model = keras.Sequential([
 ...     keras.Input((8,)),
@@ -58,7 +58,7 @@ import math
 from typing import Any
 
 from tfquant import quantizers
-from tfquant._keras import keras, tf
+from tfquant._keras import check_keras3, keras, tf
 from tfquant.layers import KernelQuantization, attach_quantization, quantization_of
 from tfquant.models import quantized_layers
 
@@ -153,11 +153,12 @@ class RelaxedQuantizer(quantizers.Quantizer):
     quantizer's own surrogate gradient is not used: the gradient at :math:`u` is applied to
     :math:`x`, as in the paper.
 
-    :math:`\lambda` is a non-trainable scalar variable (``relax_lambda``) created in
-    ``build``, hence a weight of the layer whose ``kernel_quantizer`` this is: it is saved
-    with the model and in checkpoints. :class:`BinaryRelaxSchedule` drives it.
-    ``precision``, ``levels`` and ``scaled`` are the wrapped quantizer's, and ``exact`` (what
-    ``tfquant.finalize`` applies) is the wrapped quantizer.
+    :math:`\lambda` is a non-trainable scalar variable (``relax_lambda``) created with the
+    quantizer (under the distribution strategy in scope), hence a weight of the layer whose
+    ``kernel_quantizer`` this is: it is saved with the model and in checkpoints.
+    :class:`BinaryRelaxSchedule` drives it. ``precision``, ``levels`` and ``scaled`` are the
+    wrapped quantizer's, and ``exact`` (what ``tfquant.finalize`` applies) is the wrapped
+    quantizer.
 
     Loading a saved model that uses it needs ``import tfquant.methods.binary_relax`` (which
     registers the class) before ``keras.models.load_model``.
@@ -173,10 +174,10 @@ class RelaxedQuantizer(quantizers.Quantizer):
 
     Example:
 
-    >>> import tfquant
+    >>> import numpy as np
     >>> from tfquant.methods.binary_relax import RelaxedQuantizer
     >>> q = RelaxedQuantizer("ste_sign", lambda_init=3.0)
-    >>> u = q(tfquant._keras.tf.constant([-0.2, 0.6]))  # (x + 3 sign(x)) / 4
+    >>> u = q(np.array([-0.2, 0.6], "float32"))  # (x + 3 sign(x)) / 4
     >>> [round(float(v), 4) for v in u]
     [-0.8, 0.9]
     >>> q.quantizer.get_config()["name"], q.levels
@@ -193,7 +194,16 @@ class RelaxedQuantizer(quantizers.Quantizer):
         self.lambda_init = _check_lambda(lambda_init)
         super().__init__(**kwargs)
         self.quantizer = wrapped
-        self.relax_lambda: Any = None  # the tf.Variable, created in build
+        # A scalar whatever the input: created here, so the layer that owns this quantizer
+        # holds it (saved, checkpointed) before its first call.
+        self.relax_lambda = self.add_weight(
+            name="relax_lambda",
+            shape=(),
+            dtype="float32",
+            initializer=keras.initializers.Constant(self.lambda_init),
+            trainable=False,
+            aggregation="only_first_replica",
+        )
 
     @property
     def precision(self) -> int:  # type: ignore[override]
@@ -211,15 +221,8 @@ class RelaxedQuantizer(quantizers.Quantizer):
         return self.quantizer.exact(inputs)
 
     def build(self, input_shape):
-        self.relax_lambda = self.add_weight(
-            name="relax_lambda",
-            shape=(),
-            dtype=tf.float32,
-            initializer=keras.initializers.Constant(self.lambda_init),
-            trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
-        super().build(input_shape)
+        if not self.quantizer.built:
+            self.quantizer.build(input_shape)
 
     def call(self, inputs):
         return relax(inputs, self.quantizer(inputs), self.relax_lambda)
@@ -374,6 +377,7 @@ class BinaryRelaxSchedule(keras.callbacks.Callback):
             q.relax_lambda.assign(value)
 
     def on_train_begin(self, logs=None):
+        check_keras3(self.model)
         planned = self.epochs if self.epochs is not None else (self.params or {}).get("epochs")
         self._check_phase_two(planned)
         self._quantizers = relaxed_quantizers(self.model)
@@ -381,12 +385,6 @@ class BinaryRelaxSchedule(keras.callbacks.Callback):
             raise ValueError(
                 "Expected a model whose tfquant layers have RelaxedQuantizer kernel quantizers "
                 f"(see binary_relax.apply). Received: model {self.model.name!r} with none"
-            )
-        unbuilt = [q.name for q in self._quantizers if q.relax_lambda is None]
-        if unbuilt:
-            raise ValueError(
-                "Expected built relaxed quantizers (call the model once, or use "
-                f"binary_relax.apply). Received: unbuilt {unbuilt}"
             )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -396,7 +394,9 @@ class BinaryRelaxSchedule(keras.callbacks.Callback):
             optimizer = self.model.optimizer
             rate = optimizer.learning_rate
             try:
-                optimizer.learning_rate = float(keras.backend.get_value(rate)) * self.lr_multiplier
+                optimizer.learning_rate = (
+                    float(keras.ops.convert_to_numpy(rate)) * self.lr_multiplier
+                )
             except (TypeError, ValueError) as error:
                 raise ValueError(
                     "Expected an optimizer with a float learning rate to multiply by "
@@ -414,6 +414,21 @@ class BinaryRelaxSchedule(keras.callbacks.Callback):
 
 
 # ----------------------------------------------------------------- convenience
+def _replace_kernel_quantizer(layer: Any, quantizer: RelaxedQuantizer) -> None:
+    """Make ``quantizer`` the kernel quantizer of a built layer. The quantizer is a tracked
+    sub-layer, and Keras 3 locks a built layer's state: the old one is untracked and the new
+    one tracked with the lock lifted, as Keras's own ``Layer.quantize`` does."""
+    tracker = layer._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        tracker.untrack(layer.kernel_quantizer)
+        layer.kernel_quantizer = quantizer
+    finally:
+        if locked:
+            tracker.lock()
+
+
 def apply(
     model: keras.Model,
     lambda_init: float = 1.0,
@@ -427,8 +442,8 @@ def apply(
     r"""Train ``model`` with BinaryRelax: relax every kernel quantizer, return the callbacks.
 
     Each tfquant layer's ``kernel_quantizer`` :math:`Q` is replaced, in place, by
-    ``RelaxedQuantizer(Q, lambda_init)`` (layers already relaxed are kept), whose
-    :math:`\lambda` variable is created now, under ``model.distribute_strategy``. The
+    ``RelaxedQuantizer(Q, lambda_init)`` (layers already relaxed are kept), created under
+    ``model.distribute_strategy`` with its :math:`\lambda` variable. The
     forward pass then uses :math:`u = (x + \lambda Q(x)) / (1 + \lambda)` and the gradient at
     :math:`u` updates :math:`x`:
 
@@ -455,7 +470,9 @@ def apply(
     Raises:
         ValueError: for bad arguments, an unbuilt model, or a model without quantized
             kernels.
+        TypeError: for a tf-keras (Keras 2) model.
     """
+    check_keras3(model)
     schedule = BinaryRelaxSchedule(
         lambda_init,
         growth,
@@ -480,7 +497,7 @@ def apply(
             relaxed = layer.kernel_quantizer
             if not isinstance(relaxed, RelaxedQuantizer):
                 relaxed = RelaxedQuantizer(relaxed, lambda_init)
-                layer.kernel_quantizer = relaxed
+                _replace_kernel_quantizer(layer, relaxed)
                 info = quantization_of(kernel)
                 gate = layer.kernel_gate if info is None else info.gate
                 attach_quantization(kernel, KernelQuantization(relaxed, gate, layer.name))

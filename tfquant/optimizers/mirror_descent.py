@@ -1,6 +1,6 @@
 """``tfquant.MirrorDescent``: mirror descent for quantized networks (Ajanthan et al. 2021).
 
-A thin Keras optimizer over the pure functions of :mod:`tfquant.optimizers.mirror_maps`.
+A thin Keras 3 optimizer over the pure functions of :mod:`tfquant.optimizers.mirror_maps`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tfquant._keras import keras, tf
+from tfquant._keras import check_keras3, keras, tf
 from tfquant.layers import quantization_of
 from tfquant.optimizers import mirror_maps as mm
 
@@ -33,7 +33,7 @@ def _unit(name: str, value: Any) -> float:
 
 
 def _rounds_to_nearest(quantizer, levels: tuple[float, ...]) -> bool:
-    """Whether ``quantizer.exact`` maps values to their nearest level (ties excluded)."""
+    """Whether ``quantizer.exact(x)`` maps values to their nearest level (ties excluded)."""
     q = np.asarray(levels)
     probe = np.linspace(q[0] - 0.5, q[-1] + 0.5, 97)
     mids = (q[1:] + q[:-1]) / 2
@@ -46,10 +46,18 @@ def _rounds_to_nearest(quantizer, levels: tuple[float, ...]) -> bool:
 def _set_everywhere(variable, value: float) -> None:
     """Assign ``value`` to a variable and, under tf.distribute, to each replica's component
     directly: ``build`` may run in one replica's context, where assigning the distributed
-    variable would wait for a merge with replicas that do not build."""
-    components = getattr(variable, "values", None)
-    for component in components if isinstance(components, tuple) else (variable,):
+    variable would wait for a merge with replicas that do not build. A ``keras.Variable``
+    wraps its backend variable (a ``tf.distribute`` MirroredVariable under a strategy) in
+    ``value``."""
+    inner = variable.value if isinstance(variable, keras.Variable) else variable
+    components = getattr(inner, "values", None)
+    for component in components if isinstance(components, tuple) else (inner,):
         component.assign(value)
+
+
+def _variable_path(variable) -> str:
+    """``keras.Variable.path`` ("sequential/quant_dense/kernel"), else the tf name."""
+    return getattr(variable, "path", None) or variable.name
 
 
 @keras.utils.register_keras_serializable(package="tfquant")
@@ -64,65 +72,45 @@ class MirrorDescent(keras.optimizers.Optimizer):
     :math:`g_t = \partial L / \partial w` (softmax: :math:`g_{t,l} = q_l\,\partial L/\partial w`
     for the ``d`` coordinates of a weight):
 
-    * stable (MD-tanh-S, MD-softmax-S, ternary): the dual :math:`u` is a slot variable,
-      :math:`u_{t+1} = u_t - \eta d_t` ("full STE": the gradient with respect to the primal
+    * stable (MD-tanh-S, MD-softmax-S, ternary): the dual :math:`u` is an optimizer
+      variable, :math:`u_{t+1} = u_t - \eta d_t` (the gradient with respect to the primal
       updates the dual unchanged), and the kernel holds the primal
       :math:`w_{t+1} = P_{\beta_{t+1}}(u_{t+1})`;
     * non-stable (MD-tanh, MD-softmax): the primal is updated through the mirror map,
       :math:`w_{t+1} = \tanh(\operatorname{atanh}(w_t) - \eta \beta_t d_t)`, or by
-      exponentiated gradient on a simplex slot of ``d`` coordinates per weight.
+      exponentiated gradient on a simplex variable of ``d`` coordinates per weight.
 
-    The kernel's initial value is the initial primal: each dual starts at the mirror-map
-    inverse of its kernel, so the weights a model was built (or pre-trained) with are where
-    mirror descent starts.
+    Each dual starts at the mirror-map inverse of its kernel, so mirror descent starts from
+    the weights the model was built (or pre-trained) with.
 
-    **Forward pass.** With ``forward="primal"`` (default, the paper's) the optimizer sets each
-    quantized layer's gate to 0 in ``build``, so the layer forwards the stored primal
-    :math:`P_\beta(u)`: soft while :math:`\beta` is small, nearly hard late. ``build`` runs
-    inside the first traced train step before that step executes, so ``fit`` forwards the
-    primal from its first step; an eager loop (``run_eagerly=True`` or a hand-written loop)
-    forwards ``Q(w)`` on its very first step unless ``optimizer.build(model.trainable_variables)``
-    is called first. ``forward="quantized"`` keeps the gate (1): the forward pass is
-    :math:`\operatorname{sign}(P_\beta(u)) = \operatorname{sign}(u)` and mirror descent
-    reduces to BinaryConnect on the dual. Measured with the defaults (hard test accuracy
-    after ``finalize``, one seed): Fashion-MNIST CNN (20k images, 3 epochs) 84.7% primal,
-    84.7% quantized (train accuracy 86.6% vs 85.0%); digits MLP (10 epochs, 1e-2) 98.1%
-    both. The primal forward is the default: it is the paper's method, and no worse here.
+    **Forward pass.** With ``forward="primal"`` (the paper's) ``build`` sets each quantized
+    layer's gate to 0, so the layer forwards the primal :math:`P_\beta(u)`: soft while
+    :math:`\beta` is small, nearly hard late. ``fit`` and ``tf.function`` loops build the
+    optimizer while tracing their first step, before it runs; an eager loop
+    (``run_eagerly=True`` or plain Python) should call
+    ``optimizer.build(model.trainable_variables)`` before its first forward pass, which
+    would otherwise use ``Q(w)``. ``forward="quantized"`` keeps the gate (1): the forward
+    pass is :math:`\operatorname{sign}(u)` and mirror descent reduces to BinaryConnect on the
+    dual.
 
-    **Annealing** :math:`\beta`. With ``beta_horizon=T`` (steps) :math:`\beta` grows
-    geometrically from ``beta`` to ``beta_max`` over ``T`` steps and stays there;
-    :class:`tfquant.callbacks.BetaAnnealing` sets ``T`` to the length of the ``fit`` call,
-    so a run of any length starts soft and ends nearly hard. Without a horizon :math:`\beta`
-    follows the paper's rule :math:`\beta \leftarrow \min(\beta\rho, \beta_{\max})` every
-    ``beta_every`` steps (``rho = beta_growth``); the defaults (1.02 every 2 steps, cap 100)
-    reach the cap after 465 steps, i.e. within a few epochs. The paper's long CIFAR-10 runs
-    used ``learning_rate=1e-3, beta_growth=1.02, beta_every=200`` and no practical cap.
-    :math:`\beta` is a function of ``iterations``, so checkpoints resume it exactly.
+    **Annealing** :math:`\beta`. With ``beta_horizon=T`` steps :math:`\beta` grows
+    geometrically from ``beta`` to ``beta_max`` over ``T`` steps, then stays;
+    :class:`tfquant.callbacks.BetaAnnealing` sets ``T`` to the length of the ``fit`` call.
+    Without a horizon :math:`\beta \leftarrow \min(\beta\rho, \beta_{\max})` every
+    ``beta_every`` steps (the paper's rule, ``rho = beta_growth``). :math:`\beta` is a
+    function of ``iterations`` and of the horizon variable, so checkpoints resume it exactly.
 
-    **Defaults for short runs.** The dual starts at the kernel's initial (Glorot) scale,
-    about 0.1, and Adam moves it by about ``learning_rate`` per step, so a few-epoch run
-    needs ``learning_rate=1e-2`` (the paper's 1e-3 is for 100k-step runs) to move the duals
-    by their own scale; with :math:`\beta_{\max} = 100` a dual of 0.1 has
-    :math:`|\tanh(100 \cdot 0.1)| > 0.99999`: most weights end practically hard, and the
-    duals still near 0 cost ``tfquant.finalize`` 1-3 points. On Fashion-MNIST (binary-weight
-    CNN, 20k images, 3 epochs = 471 steps, ``BetaAnnealing``, mean of 3 seeds) the hard test
-    accuracy was 83.7% (soft, BatchNorm re-estimated: 85.6%) against 83.8% for STE + Adam
-    (seed spread about 0.7 points), and
-    83.4% with ``beta_max=1e3``; ``learning_rate=1e-3`` gave 74.7% (10k images, 2 epochs,
-    STE + Adam 81.5%). With binary activations too (``tfquant.zoo.binary_cnn``),
-    ``learning_rate=3e-3, beta_max=1e3`` did better on a validation split
-    (``benchmarks/md_sweep.py``: 0.819 against 0.805), though on the test set it stayed
-    below larq (``benchmarks/compare_larq.py``, 8 seeds: 0.813 against 0.817 for STE + Adam
-    and 0.821 for Bop); the defaults were better with float activations (0.845 against
-    0.840), so they stay. In longer runs (50k images, 10 epochs, validation split) STE + Adam
-    led the defaults by 0.4-0.9 points, and smaller rates (the paper's 1e-3 included) left
-    more duals near 0 and lost more at ``finalize``. :class:`tfquant.callbacks.HardValidation` tracks the hard network during
-    training and can keep its best epoch.
+    **Defaults.** ``learning_rate=1e-2`` because Adam moves a dual by about the rate per step
+    and the duals start at the Glorot scale (about 0.1): a few-epoch run needs that rate to
+    move them by their own scale (the paper's 1e-3 is for 100k-step runs).
+    ``beta_max=100`` makes a dual of 0.1 project to :math:`|w| > 0.99999`, nearly hard at
+    the end of annealing. The measurements behind these choices are in
+    ``benchmarks/README.md``.
 
-    **Hard quantization.** ``tfquant.finalize(model)`` stores ``Q(w)``: sign for the tanh map,
-    thresholds at :math:`\pm 1/2` for the ternary map (``SteTernary(method="fixed")``), and
-    for two-level softmax ``sign(x_2 - x_1)``, the paper's argmax. For softmax over more
-    levels call :meth:`hard_quantize` first (argmax of the simplex, not rounding its mean).
+    **Hard quantization.** ``tfquant.finalize(model)`` stores ``Q(w)``: sign for the tanh
+    map, thresholds at :math:`\pm 1/2` for the ternary map, and for two-level softmax the
+    paper's argmax; for softmax over more levels it calls :meth:`hard_quantize` (the argmax
+    of the simplex, not rounding its mean).
 
     Args:
         learning_rate: :math:`\eta` (float, schedule or callable), default 1e-2.
@@ -138,17 +126,19 @@ class MirrorDescent(keras.optimizers.Optimizer):
             :math:`\beta` anneals geometrically from ``beta`` to ``beta_max``.
         forward: ``"primal"`` (gate 0, default) or ``"quantized"`` (gate untouched).
         beta_1, beta_2, epsilon: Adam's parameters (PyTorch's :math:`\epsilon` placement).
+        name: the optimizer's name.
         **kwargs: the Keras optimizer arguments (``weight_decay`` applies to the Adam
-            variables only, ``clipnorm``, ``use_ema``, ``jit_compile``, ``name``...).
+            variables only, ``clipnorm``, ``use_ema``, ``gradient_accumulation_steps``...).
 
     Raises:
         ValueError: for an invalid argument; in ``build``, for a quantized kernel whose
             quantizer does not fit ``mirror_map`` (naming both).
+        TypeError: in ``build``, for the variables of a tf-keras (Keras 2) model.
 
     Example:
 
+    >>> import keras
     >>> import tfquant
-    >>> from tfquant._keras import keras
     >>> model = keras.Sequential([keras.Input((4,)),
     ...     tfquant.layers.QuantDense(2, kernel_quantizer="ste_sign")])
     >>> opt = tfquant.MirrorDescent(mirror_map="tanh")
@@ -163,7 +153,7 @@ class MirrorDescent(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        learning_rate=1e-2,
+        learning_rate: Any = 1e-2,
         mirror_map: str = "tanh",
         stable: bool = True,
         beta: float = 1.0,
@@ -223,8 +213,9 @@ class MirrorDescent(keras.optimizers.Optimizer):
                 )
         if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or epsilon < 0:
             raise ValueError(f"Expected epsilon >= 0. Received: epsilon={epsilon!r}")
-        super().__init__(name=name, **kwargs)
-        self._learning_rate = self._build_learning_rate(learning_rate)
+        if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool):
+            learning_rate = float(learning_rate)  # Keras 3 takes a float, not an int
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.mirror_map = mirror_map
         self.stable = stable
         self._beta_0 = beta
@@ -235,23 +226,24 @@ class MirrorDescent(keras.optimizers.Optimizer):
         self.beta_1 = _unit("beta_1", beta_1)
         self.beta_2 = _unit("beta_2", beta_2)
         self.epsilon = float(epsilon)
-        with tf.init_scope():
-            # 0 = no horizon (per-step rule). A variable, so BetaAnnealing can set it after
-            # the train step is traced, and checkpoints keep it.
-            self._beta_horizon = tf.Variable(
-                0 if beta_horizon is None else beta_horizon,
-                name="beta_horizon",
-                dtype=tf.int64,
-                trainable=False,
-            )
-        self._variables.append(self._beta_horizon)
         self._initial_horizon = None if beta_horizon is None else int(beta_horizon)
+        # 0 = no horizon (per-step rule). A variable, so BetaAnnealing can set it after the
+        # train step is traced, and checkpoints and .keras files keep it.
+        self._beta_horizon = self.add_variable(
+            shape=(),
+            initializer=keras.initializers.Constant(self._initial_horizon or 0),
+            dtype="int64",
+            aggregation="only_first_replica",
+            name="beta_horizon",
+        )
+        self._mirror: dict[int, tuple[tuple[float, ...], int | None]] = {}
+        self._states: list = []
 
     # ---- beta -----------------------------------------------------------------------------
 
     def beta_at(self, step) -> tf.Tensor:
         """:math:`\\beta` used at (0-based) training step ``step``."""
-        horizon = self._beta_horizon
+        horizon = tf.convert_to_tensor(self._beta_horizon)
         per_step = mm.paper_beta(
             step, self._beta_0, self.beta_growth, self.beta_every, self.beta_max
         )
@@ -262,7 +254,7 @@ class MirrorDescent(keras.optimizers.Optimizer):
     def beta(self) -> float:
         """The current :math:`\\beta` (the one the next step uses); :math:`\\beta_0` before
         training."""
-        return float(self.beta_at(self.iterations))
+        return float(self.beta_at(tf.convert_to_tensor(self.iterations)))
 
     @property
     def beta_horizon(self) -> int | None:
@@ -276,11 +268,19 @@ class MirrorDescent(keras.optimizers.Optimizer):
             raise ValueError(f"Expected beta_horizon None or >= 1. Received: {steps!r}")
         self._beta_horizon.assign(0 if steps is None else int(steps))
 
-    def project(self, dual, levels=None):
-        """The current projection :math:`P_\\beta` applied to ``dual``."""
-        return mm.project(self.mirror_map, dual, self.beta_at(self.iterations), levels)
+    def project(self, dual, levels=None) -> tf.Tensor:
+        """The current projection :math:`P_\\beta` applied to ``dual`` (``levels``: the
+        softmax map's level set)."""
+        beta = self.beta_at(tf.convert_to_tensor(self.iterations))
+        return mm.project(self.mirror_map, dual, beta, levels)
 
     # ---- state ----------------------------------------------------------------------------
+
+    @property
+    def _built(self) -> bool:
+        # tf-keras' name for ``built``: Keras 3's exclude_from_weight_decay and
+        # tfquant.finalize read it.
+        return bool(self.built)
 
     def _levels_for(self, variable, info) -> tuple[float, ...]:
         quantizer = info.quantizer
@@ -301,55 +301,90 @@ class MirrorDescent(keras.optimizers.Optimizer):
                 "softmax": "'ste_sign' or SteTernary(method='fixed')",
             }[self.mirror_map]
             raise ValueError(
-                f"Expected the kernel quantizer of variable {variable.name!r} (layer "
-                f"{info.layer_name!r}) to fit mirror_map={self.mirror_map!r}: {want}, no "
-                f"scale, hard quantization to the nearest level (e.g. {hint}). Received: "
+                f"Expected the kernel quantizer of variable {_variable_path(variable)!r} "
+                f"(layer {info.layer_name!r}) to fit mirror_map={self.mirror_map!r}: {want}, "
+                f"no scale, hard quantization to the nearest level (e.g. {hint}). Received: "
                 f"{type(quantizer).__name__} with levels {levels}"
                 f"{', scaled' if quantizer.scaled else ''}"
             )
         return levels
 
-    @tf.autograph.experimental.do_not_convert
-    def build(self, var_list):
+    @staticmethod
+    def _check_variables(variables: list) -> None:
+        for variable in variables:
+            check_keras3(variable, "variable")
+        if variables and not any(isinstance(v, keras.Variable) for v in variables):
+            raise TypeError(
+                "Expected the keras.Variable objects of a Keras 3 model "
+                "(model.trainable_variables). Received: only "
+                f"{type(variables[0]).__module__}.{type(variables[0]).__name__} objects, as a "
+                "tf-keras (Keras 2) model has. tfquant is built on Keras 3: build the model "
+                "with `import keras` and tfquant.layers."
+            )
+
+    def _slot(self, variable, name: str, shape, initializer: Any = "zeros"):
+        """An optimizer variable beside ``variable`` (its dtype, colocated with it), named
+        as Keras names them ("<variable path>_<name>"), of any ``shape``."""
+        if tuple(shape) == tuple(variable.shape):
+            return self.add_variable_from_reference(variable, name, initializer=initializer)
+        inner = variable.value if isinstance(variable, keras.Variable) else variable
+        prefix = _variable_path(variable).replace("/", "_").replace(":", "_")
+        with tf.distribute.get_strategy().extended.colocate_vars_with(inner):
+            return self.add_variable(
+                shape=tuple(shape),
+                initializer=initializer,
+                dtype=variable.dtype,
+                name=f"{prefix}_{name}",
+            )
+
+    def build(self, variables: list) -> None:
         """Create Adam's moments for every variable and, for quantized kernels, the dual
-        (stable) or simplex (non-stable softmax) slot initialised from the kernel."""
-        super().build(var_list)
-        if getattr(self, "_built", False):
+        (stable) or simplex (non-stable softmax) initialised from the kernel; with
+        ``forward="primal"``, set the quantized layers' gates to 0."""
+        if self.built:
             return
-        self._built = True
-        self._momentums, self._velocities, self._states = [], [], []
-        self._mirror = self._no_dependency({})  # var index -> (levels, state index or None)
-        self._mirror_vars = self._no_dependency([])
-        beta = float(self.beta_at(self.iterations))
-        for i, var in enumerate(var_list):
-            info = quantization_of(var)
-            levels = None if info is None else self._levels_for(var, info)
-            shape = var.shape
-            if levels is not None and self.mirror_map == "softmax":
-                shape = var.shape + (len(levels),)
-            self._momentums.append(self.add_variable_from_reference(var, "m", shape=shape))
-            self._velocities.append(self.add_variable_from_reference(var, "v", shape=shape))
-            if levels is None:
-                continue
-            state = None
-            if self.stable or self.mirror_map == "softmax":
-                state = self._initial_state(var, levels, beta)
-                self._states.append(
-                    self.add_variable_from_reference(
-                        var,
-                        "dual" if self.stable else "simplex",
-                        shape=shape,
-                        initial_value=state,
+        variables = list(variables)
+        self._check_variables(variables)
+        # Eagerly, also when Keras builds inside the first traced train step: the duals are
+        # computed from the kernels' values, and the gates are 0 before that step runs.
+        with tf.init_scope():
+            # Every quantizer is checked before anything is created, so a refused one leaves
+            # the optimizer unbuilt.
+            infos = [quantization_of(var) for var in variables]
+            all_levels = [
+                None if info is None else self._levels_for(var, info)
+                for var, info in zip(variables, infos)
+            ]
+            super().build(variables)
+            beta = float(self.beta_at(tf.convert_to_tensor(self.iterations)))
+            momentums, velocities, states, mirror = [], [], [], {}
+            for i, (var, info, levels) in enumerate(zip(variables, infos, all_levels)):
+                shape = tuple(var.shape)
+                if levels is not None and self.mirror_map == "softmax":
+                    shape = shape + (len(levels),)
+                momentums.append(self._slot(var, "momentum", shape))
+                velocities.append(self._slot(var, "velocity", shape))
+                if levels is None:
+                    continue
+                state = None
+                if self.stable or self.mirror_map == "softmax":
+                    states.append(
+                        self._slot(
+                            var,
+                            "dual" if self.stable else "simplex",
+                            shape,
+                            initializer=self._initial_state(var, levels, beta),
+                        )
                     )
-                )
-                state = len(self._states) - 1
-            self._mirror[i] = (levels, state)
-            self._mirror_vars.append(var)
-            if self.forward == "primal":
-                _set_everywhere(info.gate, 0.0)
-        if var_list and not self._mirror_vars:
+                    state = len(states) - 1
+                mirror[i] = (levels, state)
+                if self.forward == "primal":
+                    _set_everywhere(info.gate, 0.0)
+        self._momentums, self._velocities, self._states = momentums, velocities, states
+        self._mirror = mirror  # variable index -> (levels, index in _states or None)
+        if variables and not mirror:
             warnings.warn(
-                f"MirrorDescent found no tfquant quantized kernel among the {len(var_list)} "
+                f"MirrorDescent found no tfquant quantized kernel among the {len(variables)} "
                 "variables it trains, so it behaves as Adam. Build the model with "
                 "tfquant.layers and a kernel_quantizer to train quantized weights.",
                 UserWarning,
@@ -358,14 +393,13 @@ class MirrorDescent(keras.optimizers.Optimizer):
 
     def _use_weight_decay(self, variable) -> bool:
         # Weight decay is for the Adam variables: a quantized kernel is a projected primal.
-        index = getattr(self, "_index_dict", {}).get(self._var_key(variable))
-        if index in getattr(self, "_mirror", {}):
+        index = self._trainable_variables_indices.get(self._var_key(variable))
+        if index in self._mirror:
             return False
         return super()._use_weight_decay(variable)
 
-    @tf.autograph.experimental.do_not_convert
-    def _initial_state(self, var, levels, beta) -> tf.Tensor:
-        w = np.asarray(tf.convert_to_tensor(var).numpy(), np.float64)
+    def _initial_state(self, var, levels: tuple[float, ...], beta: float) -> np.ndarray:
+        w = np.asarray(var.numpy(), np.float64)
         if self.mirror_map == "tanh":
             u = mm.tanh_inverse(w, beta)
         elif self.mirror_map == "ternary":
@@ -375,61 +409,97 @@ class MirrorDescent(keras.optimizers.Optimizer):
             if not self.stable:
                 z = np.exp(beta * (u - u.max(-1, keepdims=True)))
                 u = z / z.sum(-1, keepdims=True)
-        return tf.constant(u, dtype=var.dtype)
+        return u.astype(keras.backend.standardize_dtype(var.dtype))
 
     def _state_of(self, variable):
-        """(levels, state slot or None) of a quantized kernel; None for other variables."""
-        entry = self._mirror.get(self._index_dict[self._var_key(variable)])
+        """(levels, state variable or None) of a quantized kernel; None for a variable that
+        is not a quantized kernel this optimizer trains."""
+        index = self._trainable_variables_indices.get(self._var_key(variable))
+        entry = self._mirror.get(index)
         if entry is None:
             return None
         levels, state = entry
         return levels, None if state is None else self._states[state]
 
+    @property
+    def _mirror_vars(self) -> list:
+        """The quantized kernels this optimizer trains by mirror descent (after ``build``)."""
+        return [self._trainable_variables[i] for i in sorted(self._mirror)]
+
     def dual(self, variable):
-        """The dual slot of a quantized kernel (stable variants), else ``None``."""
+        """The dual variable of a quantized kernel (stable variants), else ``None``.
+
+        Raises:
+            ValueError: if the optimizer is not built yet.
+        """
+        if not self.built:
+            raise ValueError(
+                "Expected a built optimizer (train a step or call build first). "
+                "Received: an unbuilt MirrorDescent"
+            )
         entry = self._state_of(variable)
         return entry[1] if entry is not None and self.stable else None
 
     # ---- the update -----------------------------------------------------------------------
 
-    def update_step(self, gradient, variable):
-        """One step: mirror descent for quantized kernels, Adam for the rest."""
+    def update_step(self, gradient, variable, learning_rate) -> None:
+        """One step: mirror descent for a quantized kernel, Adam for any other variable.
+        Under ``tf.distribute`` ``variable`` is one replica's component."""
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
-        idx = self._index_dict[self._var_key(variable)]
-        m, v = self._momentums[idx], self._velocities[idx]
         dtype = variable.dtype
-        lr = tf.cast(self.learning_rate, dtype)
-        step = self.iterations + 1
+        gradient = tf.cast(gradient, dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        lr = tf.cast(learning_rate, dtype)
+        iterations = tf.convert_to_tensor(self.iterations)
         entry = self._state_of(variable)
         if entry is not None and self.mirror_map == "softmax":
             q = tf.constant(entry[0], dtype)
             gradient = gradient[..., None] * q  # dL/dx_l = q_l dL/dw
-        m.assign_add((gradient - m) * (1.0 - self.beta_1))
-        v.assign_add((tf.square(gradient) - v) * (1.0 - self.beta_2))
-        direction = mm.adam_direction(m, v, step, self.beta_1, self.beta_2, self.epsilon)
+        self.assign_add(m, (gradient - m) * (1.0 - self.beta_1))
+        self.assign_add(v, (tf.square(gradient) - v) * (1.0 - self.beta_2))
+        direction = mm.adam_direction(
+            tf.convert_to_tensor(m),
+            tf.convert_to_tensor(v),
+            iterations + 1,
+            self.beta_1,
+            self.beta_2,
+            self.epsilon,
+        )
         if entry is None:
-            variable.assign_sub(lr * direction)
+            self.assign_sub(variable, lr * direction)
             return
         levels, state = entry
         if self.stable:
-            state.assign_sub(lr * direction)
-            beta_next = tf.cast(self.beta_at(self.iterations + 1), dtype)
-            variable.assign(mm.project(self.mirror_map, state, beta_next, levels))
+            self.assign_sub(state, lr * direction)
+            beta_next = tf.cast(self.beta_at(iterations + 1), dtype)
+            dual = tf.convert_to_tensor(state)
+            self.assign(variable, mm.project(self.mirror_map, dual, beta_next, levels))
             return
-        step_size = lr * tf.cast(self.beta_at(self.iterations), dtype)
+        step_size = lr * tf.cast(self.beta_at(iterations), dtype)
         if self.mirror_map == "tanh":
-            variable.assign(mm.tanh_primal_update(variable, direction, step_size))
+            primal = tf.convert_to_tensor(variable)
+            self.assign(variable, mm.tanh_primal_update(primal, direction, step_size))
         else:
-            state.assign(mm.softmax_primal_update(state, direction, step_size))
-            variable.assign(tf.reduce_sum(state * tf.constant(levels, dtype), axis=-1))
+            simplex = mm.softmax_primal_update(tf.convert_to_tensor(state), direction, step_size)
+            self.assign(state, simplex)
+            self.assign(variable, tf.reduce_sum(simplex * tf.constant(levels, dtype), axis=-1))
 
     def hard_quantize(self) -> None:
         """Write the paper's hard quantization into every quantized kernel: the argmax level
         of the simplex for the softmax map, ``Q(w)`` (sign, thresholds at +-1/2) otherwise.
-        ``tfquant.finalize`` keeps these values (levels are fixed points of ``Q``)."""
-        if not getattr(self, "_built", False):
-            raise ValueError("Expected a built optimizer (train a step or call build first)")
+        ``tfquant.finalize`` calls it, then keeps these values (levels are fixed points of
+        ``Q``).
+
+        Raises:
+            ValueError: if the optimizer is not built yet.
+        """
+        if not self.built:
+            raise ValueError(
+                "Expected a built optimizer (train a step or call build first). "
+                "Received: an unbuilt MirrorDescent"
+            )
         for var in self._mirror_vars:
             levels, state = self._state_of(var)
             if self.mirror_map == "softmax":
@@ -442,7 +512,6 @@ class MirrorDescent(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(
             {
-                "learning_rate": self._serialize_hyperparameter(self._learning_rate),
                 "mirror_map": self.mirror_map,
                 "stable": self.stable,
                 "beta": self._beta_0,
