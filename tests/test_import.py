@@ -78,13 +78,13 @@ for name, call in [
     ("summary", lambda: tfquant.summary(model, print_fn=None)),
     ("convert", lambda: converters.convert(model)),
     ("layer_on_legacy_input", lambda: tfquant.layers.QuantDense(2)(legacy.Input((4,)))),
-    ("mirror_descent", lambda: model.compile(optimizer=tfquant.MirrorDescent(), loss="mse")),
+    ("mirror_descent", lambda: tfquant.MirrorDescent().build(model.trainable_variables)),
 ]:
     try:
         call()
     except Exception as e:
         message = str(e)
-        ok = "tf_keras" in message and "keras" in message and "import keras" in message
+        ok = ("tf_keras" in message or "tf-keras" in message) and "import keras" in message
         print(name, "OK" if ok else "UNCLEAR: " + type(e).__name__ + ": " + message[:300])
     else:
         print(name, "NO ERROR")
@@ -92,9 +92,10 @@ for name, call in [
 
 
 def test_legacy_tf_keras_objects_get_an_error_naming_both_packages():
-    # (A tfquant layer placed in a tf-keras Sequential is refused by tf-keras itself, before
-    # tfquant runs: "The added layer must be an instance of class Layer. Received:
-    # layer=<QuantDense ...> of type <class 'tfquant.layers.QuantDense'>".)
+    # (tf-keras itself refuses Keras 3 objects before tfquant runs in two places, with its own
+    # messages: a tfquant layer added to a tf-keras Sequential ("The added layer must be an
+    # instance of class Layer") and MirrorDescent given to a tf-keras compile ("Could not
+    # interpret optimizer identifier"). The optimizer's own check is reached by build.)
     proc = _run(_LEGACY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
