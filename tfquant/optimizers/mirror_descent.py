@@ -426,17 +426,20 @@ class MirrorDescent(keras.optimizers.Optimizer):
         """The quantized kernels this optimizer trains by mirror descent (after ``build``)."""
         return [self._trainable_variables[i] for i in sorted(self._mirror)]
 
+    def _check_built(self) -> None:
+        if not self.built:
+            raise ValueError(
+                "Expected a built optimizer (train a step or call build first). "
+                "Received: an unbuilt MirrorDescent"
+            )
+
     def dual(self, variable):
         """The dual variable of a quantized kernel (stable variants), else ``None``.
 
         Raises:
             ValueError: if the optimizer is not built yet.
         """
-        if not self.built:
-            raise ValueError(
-                "Expected a built optimizer (train a step or call build first). "
-                "Received: an unbuilt MirrorDescent"
-            )
+        self._check_built()
         entry = self._state_of(variable)
         return entry[1] if entry is not None and self.stable else None
 
@@ -495,11 +498,7 @@ class MirrorDescent(keras.optimizers.Optimizer):
         Raises:
             ValueError: if the optimizer is not built yet.
         """
-        if not self.built:
-            raise ValueError(
-                "Expected a built optimizer (train a step or call build first). "
-                "Received: an unbuilt MirrorDescent"
-            )
+        self._check_built()
         for var in self._mirror_vars:
             levels, state = self._state_of(var)
             if self.mirror_map == "softmax":
