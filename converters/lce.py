@@ -425,7 +425,9 @@ def convert_with_report(
 
     The (rewritten) model is exported with ``model.export`` into a temporary SavedModel
     directory, converted with ``larq_compute_engine.convert_saved_model`` (the Keras 3
-    route, shared/LCE.md) and checked in LCE's interpreter; the batch size stays dynamic.
+    route, shared/LCE.md) and checked in LCE's interpreter. The SavedModel's batch is
+    dynamic, but LCE's converter writes a batch of 1 into the flatbuffer (LCE's interpreter
+    runs a larger batch one sample at a time).
 
     A SavedModel directory (as ``model.export`` writes it) holds no Keras layers: it is
     converted as it is, without the rewrites, without per-layer attribution (so no check

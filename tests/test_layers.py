@@ -18,7 +18,8 @@ def _float_twin(layer, input_shape):
         config.pop(key, None)
     if layer.pad_values == 1.0 and config.get("padding") == "same":
         config["padding"] = "valid"
-    twin = layer.__class__.__mro__[2].from_config(config)
+    keras_class = next(c for c in type(layer).__mro__ if c.__module__.startswith("keras."))
+    twin = keras_class.from_config(config)
     twin.build(input_shape)
     weights = layer.get_weights()[:-1]  # drop the gate (last weight)
     weights[0] = layer.kernel_quantizer(weights[0]).numpy()

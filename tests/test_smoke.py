@@ -72,8 +72,17 @@ def test_every_weight_quantizer_and_layer_converts(kernel_quantizer):
 )
 def test_every_input_quantizer_converts(input_quantizer):
     model = _model("ste_ternary", input_quantizer)
-    flatbuffer = converters.convert(model, allow_float=True)
-    assert converters.inspect.op_counts(flatbuffer)
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 32)).astype(np.float32)
+    _, report = converters.convert_with_report(
+        model, parity_inputs=x, calibration_data=x, allow_float=True
+    )
+    # Ternary kernels on a quantized input become int8 kernels, on a float input float ones;
+    # a depthwise layer stays float (tfquant's int8 export does not cover depthwise convs).
+    kind = "float" if input_quantizer is None else "int8"
+    became = [r.became for r in report.layers]
+    assert became == [kind, "float", kind], became
+    parity = report.parity
+    assert parity["mean_abs_diff"] <= 0.05 * parity["output_scale"], parity
 
 
 def _train_step_model(kernel_quantizer="ste_sign"):

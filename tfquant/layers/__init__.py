@@ -21,6 +21,7 @@ from typing import Any
 
 from tfquant._keras import keras, tf
 from tfquant.layers._base import (
+    KernelGateSaving,
     KernelQuantization,
     QuantizerMixin,
     attach_quantization,
@@ -41,7 +42,7 @@ __all__ = [
 
 
 @keras.utils.register_keras_serializable(package="tfquant")
-class QuantConv2D(QuantizerMixin, keras.layers.Conv2D):
+class QuantConv2D(QuantizerMixin, KernelGateSaving, keras.layers.Conv2D):
     """2D convolution with quantized inputs and kernel.
 
     Args:
@@ -69,14 +70,6 @@ class QuantConv2D(QuantizerMixin, keras.layers.Conv2D):
     def build(self, input_shape):
         super().build(input_shape)
         self._build_quantization()
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        self._save_kernel_gate(store)
-
-    def load_own_variables(self, store):
-        super().load_own_variables(store)
-        self._load_kernel_gate(store)
 
     def convolution_op(self, inputs, kernel):
         inputs = self.quantize_input(inputs)
@@ -149,7 +142,7 @@ class QuantDepthwiseConv2D(QuantizerMixin, keras.layers.DepthwiseConv2D):
 
 
 @keras.utils.register_keras_serializable(package="tfquant")
-class QuantDense(QuantizerMixin, keras.layers.Dense):
+class QuantDense(QuantizerMixin, KernelGateSaving, keras.layers.Dense):
     """Densely connected layer with quantized inputs and kernel.
 
     Args: as :class:`keras.layers.Dense` plus ``input_quantizer`` and
@@ -165,14 +158,6 @@ class QuantDense(QuantizerMixin, keras.layers.Dense):
     def build(self, input_shape):
         super().build(input_shape)
         self._build_quantization()
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        self._save_kernel_gate(store)
-
-    def load_own_variables(self, store):
-        super().load_own_variables(store)
-        self._load_kernel_gate(store)
 
     def call(self, inputs, training=None):
         if isinstance(inputs, (tf.SparseTensor, tf.RaggedTensor)):

@@ -57,8 +57,6 @@ def quantization_of(variable) -> KernelQuantization | None:
     if info is None and hasattr(variable, "_distributed_container"):
         container = variable._distributed_container()
         info = getattr(container, _ATTR, None)
-    if info is None and hasattr(variable, "_value"):  # keras.Variable wrapping a component
-        return quantization_of(variable._value) if variable._value is not variable else None
     return info
 
 
@@ -124,16 +122,6 @@ class QuantizerMixin:
             kernel, KernelQuantization(self.kernel_quantizer, self.kernel_gate, self.name)
         )
 
-    def _save_kernel_gate(self, store) -> None:
-        # Keras 3's Conv and Dense save only their kernel and bias: keep the gate too, since
-        # a finalized layer (gate 0) forwards its stored kernel, not Q(kernel).
-        if self.built and self.kernel_gate is not None:
-            store["kernel_gate"] = self.kernel_gate
-
-    def _load_kernel_gate(self, store) -> None:
-        if self.built and self.kernel_gate is not None and "kernel_gate" in store.keys():
-            self.kernel_gate.assign(store["kernel_gate"])
-
     def quantize_kernel(self, kernel):
         """The kernel the forward pass uses: ``g * Q(w) + (1 - g) * w``."""
         if self.kernel_quantizer is None:
@@ -187,3 +175,23 @@ class QuantizerMixin:
     @property
     def kernel_precision(self) -> int:
         return 32 if self.kernel_quantizer is None else int(self.kernel_quantizer.precision)
+
+
+class KernelGateSaving:
+    """Saves and loads ``kernel_gate`` beside a Keras layer's own variables.
+
+    Keras 3's Conv and Dense layers save only their kernel and bias; a finalized layer
+    (gate 0) forwards its stored kernel, not ``Q(kernel)``, so its gate must survive a save.
+    (DepthwiseConv2D saves every variable of the layer, the gate included, without this.)
+    """
+
+    def save_own_variables(self, store) -> None:
+        super().save_own_variables(store)  # type: ignore[misc]
+        if self.built and self.kernel_gate is not None:  # type: ignore[attr-defined]
+            store["kernel_gate"] = self.kernel_gate  # type: ignore[attr-defined]
+
+    def load_own_variables(self, store) -> None:
+        super().load_own_variables(store)  # type: ignore[misc]
+        gate = getattr(self, "kernel_gate", None)
+        if self.built and gate is not None and "kernel_gate" in store.keys():  # type: ignore[attr-defined]
+            gate.assign(store["kernel_gate"])

@@ -12,9 +12,10 @@ so optimizers and the converter can read what a quantized variable may take.
 
 Example:
 
+>>> import numpy as np
 >>> import tfquant
 >>> q = tfquant.quantizers.get("ste_sign")
->>> q(tfquant._keras.tf.constant([-0.3, 0.0, 2.0])).numpy().tolist()
+>>> q(np.array([-0.3, 0.0, 2.0], "float32")).numpy().tolist()
 [-1.0, 1.0, 1.0]
 >>> q.levels
 (-1.0, 1.0)
