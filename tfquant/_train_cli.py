@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers) -> None:
+    from tfquant import datasets, zoo
+    from tfquant.cli import int_in, positive_float
     from tfquant.train import METHODS, TrainConfig
 
     defaults = TrainConfig()
@@ -21,17 +22,29 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument(
-        "--dataset", default=defaults.dataset, help="fashion_mnist (default), mnist, digits"
+        "--dataset",
+        default=defaults.dataset,
+        choices=sorted(datasets.DATASETS),
+        help=f"default {defaults.dataset}",
     )
-    p.add_argument("--model", default=defaults.model, help="bireal_cnn (default) or binary_cnn")
     p.add_argument(
-        "--method", default=defaults.method, help=f"one of {', '.join(METHODS)} (default md-tanh-s)"
+        "--model",
+        default=defaults.model,
+        choices=sorted(zoo.MODELS),
+        help=f"default {defaults.model}",
     )
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--learning-rate", type=float, default=None, help="default: the method's")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N samples only")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--method", default=defaults.method, choices=METHODS, help=f"default {defaults.method}"
+    )
+    p.add_argument("--epochs", type=int_in(1, 10_000), default=defaults.epochs)
+    p.add_argument("--batch-size", type=int_in(1, 65_536), default=defaults.batch_size)
+    p.add_argument(
+        "--learning-rate", type=positive_float, default=None, help="default: the method's"
+    )
+    p.add_argument(
+        "--limit", type=int_in(8), default=None, help="train on the first N samples only (N >= 8)"
+    )
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=defaults.seed)
     p.add_argument("--out", default=defaults.out, help="output directory (default runs/train)")
     p.add_argument(
         "--overwrite", action="store_true", help="replace a previous run's artifacts in --out"
@@ -77,8 +90,5 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "train_seconds": round(report["train_seconds"], 1),
     }
     print(json.dumps(brief, indent=2))
-    print(
-        f"Artifacts in {args.out}: model.keras, model.tflite, report.json, report.md, curves.png",
-        file=sys.stdout,
-    )
+    print(f"wrote to {args.out}: {', '.join(report['artifacts'])}")
     return 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import pathlib
 import sys
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tfquant import datasets, zoo
+from tfquant import _files, datasets, zoo
 from tfquant._keras import keras
 from tfquant.callbacks import HardValidation
 from tfquant.models import finalize, summary
@@ -56,23 +58,74 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"Unknown model {config.model!r}. Expected one of {sorted(zoo.MODELS)}.")
     if config.method not in METHODS:
         raise ValueError(f"Unknown method {config.method!r}. Expected one of {list(METHODS)}.")
-    for name in ("epochs", "batch_size"):
+    for name, high in (("epochs", 10_000), ("batch_size", 65_536)):
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"Expected {name} an integer >= 1. Received: {name}={value!r}")
-    if config.limit is not None and config.limit < 8:
-        raise ValueError(f"Expected limit >= 8 samples. Received: limit={config.limit}")
-    if config.learning_rate is not None and not config.learning_rate > 0:
-        raise ValueError(f"Expected learning_rate > 0. Received: {config.learning_rate}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise ValueError(f"Expected {name} an integer in 1..{high}. Received: {name}={value!r}")
+    if config.limit is not None and (
+        isinstance(config.limit, bool) or not isinstance(config.limit, int) or config.limit < 8
+    ):
+        raise ValueError(
+            f"Expected limit an integer >= 8 samples. Received: limit={config.limit!r}"
+        )
+    if config.learning_rate is not None and not (
+        isinstance(config.learning_rate, (int, float))
+        and math.isfinite(config.learning_rate)
+        and config.learning_rate > 0
+    ):
+        raise ValueError(
+            f"Expected learning_rate a finite number > 0. Received: {config.learning_rate!r}"
+        )
+    if (
+        isinstance(config.seed, bool)
+        or not isinstance(config.seed, int)
+        or not (0 <= config.seed < 2**32)
+    ):
+        raise ValueError(f"Expected seed an integer in 0..2**32-1. Received: seed={config.seed!r}")
+    _check_out(config)
+
+
+def _check_out(config: TrainConfig) -> _files.Outputs | None:
+    """Check ``config.out`` before any work: a directory (or a new path under a writable
+    one) whose artifact paths can be written (see :mod:`tfquant._files`); previous
+    artifacts there need ``overwrite``. Returns the checked outputs when ``out`` exists."""
     out = pathlib.Path(config.out)
+    if not str(config.out):
+        raise ValueError("Expected --out a directory path. Received: an empty string")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"Expected --out to be a directory. Received: {out}, which is a file")
-    previous = [name for name in ARTIFACTS if (out / name).exists()]
+        raise ValueError(
+            f"Expected --out to be a directory. Received: {str(out)!r}, "
+            f"{_files.describe(out.stat().st_mode)}"
+        )
+    if not out.exists():
+        ancestor = out.absolute()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise ValueError(
+                f"Cannot create --out {str(out)!r}: {str(ancestor)!r} is not a directory"
+            )
+        try:
+            _files._probe(str(ancestor))
+        except OSError as e:
+            raise ValueError(
+                f"Cannot create --out {str(out)!r}: cannot create files in {str(ancestor)!r} "
+                f"({e.strerror or e})"
+            ) from None
+        return None
+    previous = [name for name in ARTIFACTS if os.path.lexists(out / name)]
     if previous and not config.overwrite:
         raise ValueError(
             f"{out} holds a previous run ({', '.join(previous)}). Choose another --out, or "
-            "pass --overwrite to replace those files (other files there are left alone)."
+            "pass --overwrite to replace that set of files (other files there are left alone)."
         )
+    outputs = _files.Outputs(overwrite=config.overwrite)
+    try:
+        for name in ARTIFACTS:
+            outputs.add(out / name, name)
+    except _files.FileError as e:
+        raise ValueError(str(e)) from None
+    return outputs
 
 
 # BinaryRelax relaxes a scaled binary quantizer (the paper's); the others train plain signs.
@@ -110,7 +163,7 @@ def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(predictions, -1) == labels))
 
 
-def _plot(history: dict, path: pathlib.Path) -> bool:
+def _plot(history: dict, path: str) -> bool:
     try:
         import matplotlib
 
@@ -134,10 +187,8 @@ def _plot(history: dict, path: pathlib.Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return True
 
 
@@ -189,13 +240,35 @@ def _markdown(report: dict, summary_table: str, conversion_text: str) -> str:
 def run(config: TrainConfig) -> dict:
     """Run the main job; returns the report (also written to ``out/report.json``).
 
+    Every artifact is staged beside its final path and all of them are moved into place
+    together at the end (:class:`tfquant._files.Outputs`): a run that fails or is
+    interrupted leaves ``out`` as it was (a directory it created is removed again), and a
+    run with ``overwrite`` replaces the previous run's set whole, deleting its artifacts
+    this run does not write (e.g. ``model.tflite`` under ``convert=False``), never a mix.
+    ``report["artifacts"]`` lists the files written.
+
     Raises:
-        ValueError: a bad configuration (see :func:`check_config`).
+        ValueError: a bad configuration or ``out`` (see :func:`check_config`).
         tfquant.datasets.DatasetNotFoundError: the dataset's offline source is missing.
         tfquant.converters.ConversionError: the trained model did not convert.
     """
     check_config(config)
     out = pathlib.Path(config.out)
+    with _files.created_directory(out):
+        outputs = _check_out(config)
+        assert outputs is not None  # out exists now
+        with outputs:
+            report = _run(config, out, outputs)
+            for name in ARTIFACTS:
+                outputs.remove_on_commit(out / name)
+            outputs.commit()
+    return report
+
+
+def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dict:
+    def stage(name: str) -> str:
+        return outputs.stage_path(out / name)
+
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     say = (lambda m: print(f"[tfquant train] {m}", flush=True)) if verbose else (lambda m: None)
 
@@ -238,10 +311,7 @@ def run(config: TrainConfig) -> dict:
     finalize(model, bn_data, batch_size=config.batch_size)
     test_pred = model.predict(xte, batch_size=512, verbose=0)
     model_summary = summary(model, print_fn=None)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "model.tmp.keras"
-    model.save(tmp)
-    tmp.replace(out / "model.keras")
+    model.save(stage("model.keras"))
 
     report: dict[str, Any] = {
         "config": dataclasses.asdict(config),
@@ -264,7 +334,7 @@ def run(config: TrainConfig) -> dict:
         flatbuffer, conversion = converters.convert_with_report(
             model, calibration_data=xtr[:64], parity_inputs=xte[:64]
         )
-        converters.write_atomic(out / "model.tflite", flatbuffer)
+        outputs.write(out / "model.tflite", flatbuffer)
         conversion_text = conversion.text()
         n = min(len(xte), 1000)
         tflite_pred = converters.inspect.run(flatbuffer, xte[:n])[0]
@@ -280,13 +350,12 @@ def run(config: TrainConfig) -> dict:
                 "conversion": conversion.as_dict(),
             }
         )
-    report["curves_png"] = _plot(history.history, out / "curves.png")
-    _write_text(out / "report.json", json.dumps(report, indent=2))
-    _write_text(out / "report.md", _markdown(report, model_summary.table(), conversion_text))
+    report["curves_png"] = _plot(history.history, stage("curves.png"))
+    if not report["curves_png"]:
+        outputs.unstage(out / "curves.png")
+    stage("report.json")
+    stage("report.md")
+    report["artifacts"] = [os.path.basename(p) for p in outputs.staged]
+    outputs.write(out / "report.json", json.dumps(report, indent=2))
+    outputs.write(out / "report.md", _markdown(report, model_summary.table(), conversion_text))
     return report
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
