@@ -4,10 +4,12 @@ The model is exported with ``model.export`` (a SavedModel) and converted with LC
 ``convert_saved_model``, the route that works for Keras 3. ``convert`` returns the flatbuffer; ``convert_with_report`` also says, per tfquant layer,
 whether it became ``LceBconv2d``, int8 or float (and why), the size breakdown and the
 parity against Keras. See :mod:`tfquant.converters.rewrite` for the rewrites past LCE's
-limits (binary Dense, ternary / k-bit weights as exact int8).
+limits (binary Dense, ternary / k-bit weights as exact int8), and
+:mod:`tfquant.converters.safety` for the scan that refuses model files carrying code
+(``UnsafeModelError``) unless ``unsafe=True``.
 """
 
-from tfquant.converters import bench, inspect, rewrite
+from tfquant.converters import bench, inspect, rewrite, safety
 from tfquant.converters.lce import (
     ConversionError,
     ConversionReport,
@@ -18,6 +20,7 @@ from tfquant.converters.lce import (
     load_model,
     write_atomic,
 )
+from tfquant.converters.safety import UnsafeModelError
 
 __all__ = [
     "convert",
@@ -26,9 +29,11 @@ __all__ = [
     "write_atomic",
     "ConversionError",
     "LayerNotBinaryError",
+    "UnsafeModelError",
     "ConversionReport",
     "LayerReport",
     "inspect",
     "rewrite",
     "bench",
+    "safety",
 ]

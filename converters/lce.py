@@ -21,6 +21,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
+import stat
 import tempfile
 import time
 import warnings
@@ -30,6 +32,7 @@ from typing import Any
 from tfquant.converters import inspect as _inspect
 from tfquant.converters import rewrite as _rewrite
 
+from tfquant._files import describe, umask
 from tfquant._keras import check_keras3, keras, tf
 
 __all__ = [
@@ -160,39 +163,105 @@ def _is_saved_model_dir(path: str) -> bool:
 
 
 def _check_path(path: str) -> None:
+    """Refuse a missing path, a directory without ``saved_model.pb``, anything that is not
+    a regular file (a FIFO would block the first ``open`` forever, ``/dev/zero`` never
+    ends) and other file kinds, before anything opens it."""
+
     if not os.path.exists(path):
         raise ConversionError(f"Model not found: {path!r} (no such file or directory)")
-    if os.path.isdir(path):
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
         if not _is_saved_model_dir(path):
             raise ConversionError(
                 f"Expected a SavedModel directory (with saved_model.pb), a .keras file or a "
                 f".h5 file. Received: {path!r}, a directory without saved_model.pb"
             )
+    elif not stat.S_ISREG(mode):
+        raise ConversionError(
+            "Expected a regular file (a .keras or .h5 file) or a SavedModel directory. "
+            f"Received: {path!r}, {describe(mode)}"
+        )
     elif not path.endswith((".keras", ".h5", ".hdf5")):
         raise ConversionError(
             f"Expected a .keras or .h5 file or a SavedModel directory. Received: {path!r}"
         )
 
 
-def load_model(path: str | os.PathLike) -> keras.Model:
+# Keras' safe-mode refusals (serialization_lib, Lambda, TFSMLayer, TorchModuleWrapper,
+# lookup vocabularies) all advise these; the scan of tfquant.converters.safety finds the
+# same cases first, so this is the fallback for what it does not know.
+_KERAS_SAFE_MODE_MARKERS = ("safe_mode=False", "enable_unsafe_deserialization")
+# Exceptions Keras lets through from rebuilding a malformed config; their text ("list index
+# out of range", a missing key) says nothing to the user.
+_KERAS_INTERNAL_ERRORS = (IndexError, KeyError, AttributeError, AssertionError)
+
+
+def _keras_load_error(path: str, error: Exception, unsafe: bool) -> ConversionError:
+    """The error to raise for ``keras.models.load_model`` failing on ``path``: Keras'
+    safe-mode refusals become :class:`UnsafeModelError`, the rest a short
+    "Could not load" (the innermost cause, without Keras' dump of the full config)."""
+    from tfquant.converters.safety import ALLOW_HINT, UnsafeModelError
+
+    text = str(error)
+    if not unsafe and any(m in text for m in _KERAS_SAFE_MODE_MARKERS):
+        # Keras' first sentence says what it refused; the rest advises safe_mode=False.
+        refused = text.split(" This carries")[0].split(" If you trust")[0].strip()
+        return UnsafeModelError(
+            f"Refusing to load {path!r}: Keras' safe mode refused it ({refused}). {ALLOW_HINT}"
+        )
+    if isinstance(error, _KERAS_INTERNAL_ERRORS):
+        detail = (
+            "its model config is malformed or from an incompatible Keras version "
+            f"({type(error).__name__} while rebuilding the model)"
+        )
+        return ConversionError(f"Could not load {path!r} as a Keras model: {detail}")
+    text = text.split("Exception encountered: ")[-1]  # Keras wraps the cause in TypeErrors
+    unknown = re.match(r"Could not locate (class|function) '([^']+)'", text)
+    if unknown:
+        module = re.search(r"'module': '([^']+)'", text)
+        origin = f" from module {module.group(1)!r}" if module else ""
+        detail = (
+            f"it uses the {unknown.group(1)} {unknown.group(2)!r}{origin}, which is neither a "
+            "Keras nor a tfquant object nor registered in this process (Keras imports no "
+            "other module named by a model file: import the module that defines it, "
+            "registered with keras.saving.register_keras_serializable, before loading)"
+        )
+    else:
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        lines = lines or [type(error).__name__]
+        detail = lines[0] + (f" {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else "")
+        detail = detail.split(" Full object config:")[0][:400]
+    return ConversionError(f"Could not load {path!r} as a Keras model: {detail}")
+
+
+def load_model(path: str | os.PathLike, *, unsafe: bool = False) -> keras.Model:
     """Load a Keras 3 model from a ``.keras`` (or legacy ``.h5``) file with tfquant's
     custom objects (registered under ``"tfquant"``).
 
-    Loading is safe (``safe_mode`` stays on): a file holding Python code, such as a
-    ``Lambda`` layer's lambda, is refused.
+    Loading is safe by default: the file's config is first read as data
+    (:func:`tfquant.converters.safety.check`), and a file carrying Python code (a
+    ``Lambda`` layer's serialized lambda, a ``TFSMLayer``, ...) is refused before Keras
+    deserializes anything; Keras then loads with ``safe_mode`` on.
 
     Args:
         path: a ``.keras``, ``.h5`` or ``.hdf5`` file.
+        unsafe: load files that carry Python code (Keras' ``safe_mode=False``): that code
+            runs in this process. Only for files you trust.
 
     Returns:
         The model, not compiled.
 
     Raises:
-        ConversionError: the path does not exist or does not hold a Keras model, or it is a
-            SavedModel directory: Keras 3 writes SavedModels (``model.export``) without the
-            Keras layers, so they cannot be loaded back as a Keras model
+        UnsafeModelError: (a ``ConversionError``) the file carries Python code and
+            ``unsafe`` is false; the message names the layer and what it carries.
+        ConversionError: the path does not exist, is not a regular file, or does not hold a
+            Keras model (not a zip archive, no HDF5 signature, no model config, ...), or it
+            is a SavedModel directory: Keras 3 writes SavedModels (``model.export``) without
+            the Keras layers, so they cannot be loaded back as a Keras model
             (:func:`convert_with_report` converts such a directory as it is).
     """
+    from tfquant.converters import safety as _safety
+
     path = os.fspath(path)
     _check_path(path)
     if os.path.isdir(path):
@@ -201,11 +270,12 @@ def load_model(path: str | os.PathLike) -> keras.Model:
             "which holds no Keras layers (Keras 3's model.export writes none), so it cannot "
             "be loaded as a Keras model; use the .keras file it was exported from"
         )
+    _safety.check(path, unsafe=unsafe)  # also: not the format its name says
     try:
         with _quiet():
-            model = keras.models.load_model(path, compile=False)
+            model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as e:  # Keras raises many types here
-        raise ConversionError(f"Could not load {path!r} as a Keras model: {_first_line(e)}") from e
+        raise _keras_load_error(path, e, unsafe) from e
     if not isinstance(model, keras.Model):
         raise ConversionError(
             f"Expected a Keras model in {path!r}. Received: a {type(model).__name__}"
@@ -420,6 +490,7 @@ def convert_with_report(
     parity_inputs: Any = None,
     parity_samples: int = 8,
     progress: Callable[[str], None] | None = None,
+    unsafe: bool = False,
 ) -> tuple[bytes, ConversionReport]:
     """Convert a tfquant Keras 3 model through Larq Compute Engine and report what it became.
 
@@ -454,11 +525,17 @@ def convert_with_report(
         parity_inputs: inputs for the parity check (default: ``parity_samples`` random ones).
         parity_samples: how many random inputs the parity check uses by default.
         progress: called with a short message as each step starts.
+        unsafe: load model files that carry code (a ``Lambda`` layer's serialized
+            function, SavedModel graph ops that read or write files or call Python); by
+            default such a file is refused (:mod:`tfquant.converters.safety`). Only for
+            files you trust.
 
     Returns:
         ``(flatbuffer, report)``.
 
     Raises:
+        UnsafeModelError: (a ``ConversionError``) the file carries code and ``unsafe`` is
+            false; the message names the layer or graph node.
         ConversionError: bad input (a tf-keras model included: that error is also a
             ``TypeError``), a model LCE cannot convert, or (unless ``allow_float``) a binary
             layer that stays float; the message names the layer and the reason.
@@ -494,9 +571,10 @@ def convert_with_report(
                 parity_inputs=parity_inputs,
                 parity_samples=parity_samples,
                 say=say,
+                unsafe=unsafe,
             )
         say(f"loading {path}")
-        model = load_model(path)
+        model = load_model(path, unsafe=unsafe)
     else:
         raise ConversionError(
             "Expected a Keras model or the path of a .keras / .h5 file or SavedModel "
@@ -512,6 +590,13 @@ def convert_with_report(
     t = time.perf_counter()
     say("planning and rewriting layers")
     plans = _rewrite.plan_layers(model, int8 if rewrite else "none")
+    if isinstance(int8, (list, tuple)):
+        unknown = [name for name in int8 if name not in {p.name for p in plans}]
+        if unknown:
+            raise ConversionError(
+                f"Expected int8 layer names among the model's quantized layers "
+                f"{[p.name for p in plans]}. Received unknown: {unknown}"
+            )
     notes: list[str] = []
     if rewrite:
         try:
@@ -605,8 +690,16 @@ def _convert_saved_model_dir(
     parity_inputs: Any,
     parity_samples: int,
     say: Callable[[str], None],
+    unsafe: bool = False,
 ) -> tuple[bytes, ConversionReport]:
-    """Convert a SavedModel directory as it is (no Keras layers to rewrite or attribute)."""
+    """Convert a SavedModel directory as it is (no Keras layers to rewrite or attribute).
+
+    Its graph is scanned first (:func:`tfquant.converters.safety.check`): LCE's converter
+    runs its init and restore ops and the parity check runs its serving signature, so ops
+    that read or write files or call Python are refused unless ``unsafe``."""
+    from tfquant.converters import safety as _safety
+
+    _safety.check(path, unsafe=unsafe)
     if not isinstance(options["int8"], str):
         raise ConversionError(
             "Expected int8 'auto' or 'none' for a SavedModel directory. Received: a list of "
@@ -666,6 +759,7 @@ def convert(
     calibration_data: Any = None,
     allow_float: bool = False,
     rewrite: bool = True,
+    unsafe: bool = False,
 ) -> bytes:
     """Convert a tfquant Keras model to an LCE TFLite flatbuffer (bytes).
 
@@ -684,21 +778,9 @@ def convert(
         allow_float=allow_float,
         rewrite=rewrite,
         verify=False,
+        unsafe=unsafe,
     )
     return flatbuffer
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux reports it (``Umask:`` in
-    /proc/self/status); elsewhere set and restored at once."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
@@ -728,7 +810,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):

@@ -279,7 +279,7 @@ def test_bad_inputs_raise_conversion_error(tmp_path):
         convert(tmp_path / "missing.keras")
     bad = tmp_path / "bad.keras"
     bad.write_text("not a model")
-    with pytest.raises(ConversionError, match="Could not load"):
+    with pytest.raises(ConversionError, match="not a zip archive"):
         convert(bad)
     with pytest.raises(ConversionError, match="target"):
         convert(binary_cnn(), target="x86")
