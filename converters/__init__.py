@@ -9,7 +9,7 @@ limits (binary Dense, ternary / k-bit weights as exact int8), and
 (``UnsafeModelError``) unless ``unsafe=True``.
 """
 
-from tfquant.converters import bench, inspect, rewrite, safety
+from tfquant.converters import bench, inspect, rewrite, safety, validate
 from tfquant.converters.lce import (
     ConversionError,
     ConversionReport,
@@ -36,4 +36,5 @@ __all__ = [
     "rewrite",
     "bench",
     "safety",
+    "validate",
 ]

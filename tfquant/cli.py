@@ -11,12 +11,15 @@ cannot take, an output that cannot be written) prints a message on stderr and ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
+import re
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -53,18 +56,54 @@ class _Progress:
         self._finish(failed)
 
 
-def _check_writable(path: str, what: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"cannot write the {what} {path!r}: it is a directory")
-    if not os.path.isdir(directory):
-        raise UsageError(
-            f"cannot write the {what} {path!r}: directory {directory!r} does not exist"
-        )
-    if not os.access(directory, os.W_OK):
-        raise UsageError(
-            f"cannot write the {what} {path!r}: directory {directory!r} is not writable"
-        )
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``low..high`` written in ASCII digits (``int()``
+    alone also takes ``"1_0"`` and ``"٣"``); the error names the range."""
+    expected = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,20}", digits):
+            raise argparse.ArgumentTypeError(f"Expected {expected}. Received: {text!r}")
+        value = int(digits)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"Expected {expected}. Received: {text!r}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0."""
+    import math
+
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"Expected a finite number > 0. Received: {text!r}"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"Expected a finite number > 0. Received: {text!r}")
+    return value
+
+
+def _outputs(inputs, outputs: list[tuple[str | None, str]], overwrite: bool):
+    """Check every output path against the inputs and each other before any work."""
+    from tfquant._files import FileError, Outputs, check_input
+
+    plan = Outputs(inputs, overwrite=overwrite)
+    try:
+        for path in inputs:
+            if path is not None:
+                check_input(path, "input", directory=True)
+        for path, what in outputs:
+            if path is not None:
+                plan.add(path, what)
+    except FileError as e:
+        raise UsageError(str(e)) from None
+    return plan
 
 
 def _load_npy(path: str | None):
@@ -72,10 +111,34 @@ def _load_npy(path: str | None):
         return None
     import numpy as np
 
+    from tfquant._files import FileError, check_input
+
     try:
-        return np.load(path).astype("float32")
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read the data file {path!r} as a .npy array: {e}") from e
+        check_input(path, "data file")
+        array = np.load(path, allow_pickle=False)
+    except FileError as e:
+        raise UsageError(str(e)) from None
+    except (OSError, ValueError, EOFError) as e:
+        raise UsageError(f"Cannot read the data file {path!r} as a .npy array: {e}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise UsageError(
+            f"Expected a .npy file holding one array. Received: {path!r}, an .npz archive "
+            "of several arrays; save the one you want with numpy.save"
+        )
+    if array.dtype.kind not in "biuf" or array.ndim < 1 or array.shape[0] < 1:
+        raise UsageError(
+            f"Expected a non-empty numeric array (a batch of inputs) in {path!r}. Received: "
+            f"dtype {array.dtype}, shape {array.shape}"
+        )
+    return array.astype("float32")
+
+
+_UNSAFE_HELP = (
+    "load model files that carry Python code (a Lambda layer's serialized function, or "
+    "graph ops that read or write files): that code runs on this machine. Only for files "
+    "you trust; by default such a model is refused"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,44 +146,53 @@ def _load_npy(path: str | None):
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    _check_writable(args.output, "output")
-    if args.report:
-        _check_writable(args.report, "report")
+    outputs = _outputs(
+        [args.model, args.data],
+        [(args.output, "output"), (args.report, "report")],
+        overwrite=args.overwrite,
+    )
     if args.int8 in ("auto", "none"):
         int8: str | list[str] = args.int8
     else:
         int8 = [n.strip() for n in args.int8.split(",") if n.strip()]
+        if not int8:
+            raise UsageError(
+                f"Expected --int8 auto, none or comma-separated layer names. Received: {args.int8!r}"
+            )
     data = _load_npy(args.data)
 
-    from tfquant.converters import convert_with_report, write_atomic
+    from tfquant.converters import convert_with_report
 
     progress = _Progress(not args.quiet)
-    try:
-        flatbuffer, report = convert_with_report(
-            args.model,
-            target=args.target,
-            inference_input_type=args.input_type,
-            inference_output_type=args.output_type,
-            int8=int8,
-            calibration_data=data,
-            allow_float=args.allow_float,
-            rewrite=not args.no_rewrite,
-            verify=not args.no_verify,
-            parity_inputs=data,
-            progress=progress,
-        )
-        progress("writing " + args.output)
-        write_atomic(args.output, flatbuffer)
-        if args.report:
-            write_atomic(args.report, report.to_json() + "\n")
-    except BaseException:
-        progress.close(failed=True)
-        raise
+    with outputs:
+        try:
+            flatbuffer, report = convert_with_report(
+                args.model,
+                target=args.target,
+                inference_input_type=args.input_type,
+                inference_output_type=args.output_type,
+                int8=int8,
+                calibration_data=data,
+                allow_float=args.allow_float,
+                rewrite=not args.no_rewrite,
+                verify=not args.no_verify,
+                parity_inputs=data,
+                progress=progress,
+                unsafe=args.unsafe,
+            )
+            progress("writing " + args.output)
+            outputs.write(args.output, flatbuffer)
+            if args.report:
+                outputs.write(args.report, report.to_json() + "\n")
+            _commit(outputs)
+        except BaseException:
+            progress.close(failed=True)
+            raise
     progress.close()
     print(f"wrote {args.output} ({len(flatbuffer) / 1024:.1f} KiB)")
     print(report.text())
     if args.report:
-        print(f"report: {args.report}")
+        print(f"wrote {args.report} (the report as JSON)")
     return 0
 
 
@@ -161,6 +233,10 @@ def _register_convert(sub) -> None:
     )
     p.add_argument("--no-rewrite", action="store_true", help="convert the model as it is")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    p.add_argument("--unsafe", action="store_true", help=_UNSAFE_HELP)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing files at -o / --report"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_cmd_convert)
 
@@ -173,7 +249,8 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     import tfquant
     from tfquant.converters import load_model
 
-    model = load_model(args.model)
+    _outputs([args.model], [], overwrite=False)
+    model = load_model(args.model, unsafe=args.unsafe)
     result = tfquant.summary(model, print_fn=None if args.json else print)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
@@ -191,6 +268,7 @@ def _register_summary(sub) -> None:
         "Keras layers to summarise)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--unsafe", action="store_true", help=_UNSAFE_HELP)
     p.set_defaults(func=_cmd_summary)
 
 
@@ -199,19 +277,31 @@ def _register_summary(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    # The model is validated here, then timed in a child process: a damaged file that crashes
+    # LCE's interpreter (a segfault) is reported as "not a valid TFLite model: ...".
     from tfquant.converters import bench
+    from tfquant.converters.validate import InvalidFlatbufferError, read_flatbuffer_file
 
-    if not os.path.isfile(args.model):
-        raise UsageError(f"flatbuffer not found: {args.model!r}")
-    if args.json:
-        _check_writable(args.json, "JSON output")
-    with open(args.model, "rb") as f:
-        flatbuffer = f.read()
     try:
-        results = bench.local_latency(
-            flatbuffer, threads=args.threads, runs=args.runs, warmup=args.warmup
+        flatbuffer = read_flatbuffer_file(args.model)  # stat()s first: a FIFO would block
+    except FileNotFoundError as e:
+        raise UsageError(f"flatbuffer not found: {args.model!r}") from e
+    except ValueError as e:  # a FIFO, a directory, a device
+        raise UsageError(str(e)) from e
+    except OSError as e:
+        raise UsageError(f"cannot read {args.model!r}: {e.strerror or e}") from e
+    outputs = _outputs([args.model], [(args.json, "JSON output")], overwrite=args.overwrite)
+    try:
+        results = bench.isolated_latency(
+            flatbuffer,
+            threads=args.threads,
+            runs=args.runs,
+            warmup=args.warmup,
+            timeout=args.timeout,
         )
-    except ValueError as e:
+    except InvalidFlatbufferError as e:
+        raise UsageError(str(e)) from e
+    except (RuntimeError, OSError) as e:  # timed out, LCE missing, no room for a temp copy
         raise UsageError(f"cannot run {args.model!r}: {e}") from e
     for r in results:
         print(
@@ -219,9 +309,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"(min {r['min_ms']:.2f}, {r['runs']} runs)"
         )
     if args.json:
-        from tfquant.converters import write_atomic
-
-        write_atomic(args.json, json.dumps(results, indent=2) + "\n")
+        with outputs:
+            outputs.write(args.json, json.dumps(results, indent=2) + "\n")
+            _commit(outputs)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -229,11 +320,40 @@ def _register_bench(sub) -> None:
     p = sub.add_parser(
         "bench", help="latency of a .tflite file in LCE's interpreter on this machine"
     )
+    integer = int_in
+
+    class DistinctThreads(argparse.Action):
+        # A repeated count would only time the same thing twice and give the JSON two rows
+        # for one thread count: refused rather than silently merged.
+        def __call__(self, parser, namespace, values, option_string=None):
+            if len(set(values)) != len(values):
+                parser.error(
+                    f"argument {option_string}: Expected distinct thread counts. "
+                    f"Received: {' '.join(map(str, values))}"
+                )
+            setattr(namespace, self.dest, values)
+
     p.add_argument("model", help="a .tflite flatbuffer (from tfquant convert)")
-    p.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--threads",
+        type=integer(1, 256),
+        nargs="+",
+        default=[1],
+        action=DistinctThreads,
+        metavar="N",
+        help="distinct thread counts, 1..256 (default: 1)",
+    )
+    p.add_argument("--runs", type=integer(1, 100_000), default=20, help="1..100000 (default: 20)")
+    p.add_argument("--warmup", type=integer(0, 10_000), default=3, help="0..10000 (default: 3)")
+    p.add_argument(
+        "--timeout",
+        type=integer(1, 86_400),
+        default=600,
+        metavar="SECONDS",
+        help="stop the interpreter (run in a child process) after this long (default: 600)",
+    )
     p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -258,7 +378,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived; ``signum`` says which. A KeyboardInterrupt, so
+    ``except Exception`` clauses in libraries let it through to :func:`main`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _commit(outputs) -> list[str]:
+    """Move the staged outputs into place (see :meth:`tfquant._files.Outputs.commit`)."""
+    return outputs.commit()
+
+
+@contextlib.contextmanager
+def _signals_raise(received: list[int]) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` once and are recorded in
+    ``received``; later ones (during the clean-up the first one starts) are ignored, so
+    clean-up is not cut short."""
+
+    def handler(signum, frame):
+        for s in _SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        received.append(signum)
+        raise Interrupted(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in _SIGNALS}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status: 0, 2 for bad input (also argparse's
+    usage errors, raised as SystemExit(2)), 128 + the signal number when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -267,15 +430,33 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    from tfquant import _files
     from tfquant.converters import ConversionError
 
-    try:
-        return int(args.func(args) or 0)
-    except (UsageError, ConversionError) as e:
-        print(f"tfquant {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    _files.COMMITTED.clear()
+    received: list[int] = []
+    with _signals_raise(received):
+        try:
+            return int(args.func(args) or 0)
+        except BaseException as e:
+            # An exception raised inside a C extension's callback can come out as another
+            # error (a SystemError, or a library's "could not export" wrapping it): once a
+            # signal has arrived, whatever ends the command is the interruption.
+            if received or isinstance(e, KeyboardInterrupt):
+                signum = received[0] if received else signal.SIGINT
+                kept = (
+                    "; wrote " + ", ".join(_files.COMMITTED) + " before it"
+                    if _files.COMMITTED
+                    else "; nothing written"
+                )
+                print(f"tfquant {args.command}: interrupted{kept}", file=sys.stderr)
+                return 128 + int(signum)
+            if isinstance(e, (UsageError, ConversionError, _files.FileError)):
+                print(f"tfquant {args.command}: error: {e}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            raise
 
 
 if __name__ == "__main__":
