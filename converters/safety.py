@@ -346,6 +346,15 @@ def _walk(node: Any, stack: list[tuple[str, str]], field: tuple[str, ...]) -> It
         at = ".".join(field) or "a value"
         yield Finding(where, f"its {at} is a Python lambda (serialized bytecode)")
         return
+    if class_name == "function" and _is_loader_function(node):
+        where = _where(stack) if stack else "the model config"
+        target = f"{node.get('module')}.{node.get('config')}"
+        yield Finding(
+            where,
+            f"it calls {target}, a function that loads files or changes how Keras loads them "
+            "(the safe-mode bypass of CVE-2025-9906)",
+        )
+        return
     name = _layer_name(node) if isinstance(class_name, str) else None
     if name is not None and isinstance(class_name, str):
         stack = [*stack, (name, class_name)]
@@ -355,6 +364,29 @@ def _walk(node: Any, stack: list[tuple[str, str]], field: tuple[str, ...]) -> It
         if key == "compile_config":
             continue
         yield from _walk(value, stack, (*field, key) if key != "config" else field)
+
+
+# Serialized functions from these modules load files or switch safe mode off: no model
+# needs them as a layer's function (Keras >= 3.11 refuses them too; this holds for any Keras).
+_LOADER_MODULES = (
+    "keras.config",
+    "keras.saving",
+    "keras.models",
+    "keras.utils",
+    "keras.src.saving",
+    "keras.src.utils",
+    "keras.src.models",
+    "builtins",
+    "os",
+    "subprocess",
+)
+
+
+def _is_loader_function(node: dict) -> bool:
+    module = node.get("module")
+    return isinstance(module, str) and any(
+        module == m or module.startswith(m + ".") for m in _LOADER_MODULES
+    )
 
 
 def _layer_findings(class_name: str, config: dict, stack) -> Iterator[Finding]:

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from tfquant import quantizers
 from tfquant._keras import iter_layers, keras, tf
+
+# The ``tfquant`` command as the installed console script runs it (its entry point,
+# ``_tfquant_launcher``, prepares signals and logging before TensorFlow is imported).
+TFQUANT = [sys.executable, "-m", "_tfquant_launcher"]
+
+
+def tfquant_cli(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``tfquant *args`` in a subprocess, output captured as text."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [*TFQUANT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def np_sign(x):

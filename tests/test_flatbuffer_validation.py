@@ -10,14 +10,13 @@ import io
 import os
 import platform
 import subprocess
-import sys
 import time
 
 import flatbuffers
 import numpy as np
 import pytest
 from flatbuffers import flexbuffers
-from helpers import binary_cnn
+from helpers import binary_cnn, tfquant_cli
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tensorflow.lite.python import schema_py_generated as schema
@@ -91,17 +90,6 @@ def run_isolated(data: bytes, **kwargs) -> str:
         return "crashed" if "crashed on it" in str(e) else "refused"
     assert rows and rows[0]["median_ms"] >= 0
     return "ran"
-
-
-def tfquant_cli(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "tfquant.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess, message: str) -> None:

@@ -10,26 +10,19 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import pytest
-from helpers import binary_cnn
+from helpers import TFQUANT, binary_cnn
+from helpers import tfquant_cli as tfquant
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tfquant._keras import keras
 
-TFQUANT = pathlib.Path(sys.executable).with_name("tfquant")  # the installed console script
 TRAIN_SMALL = ["--dataset", "digits", "--limit", "256", "--batch-size", "32", "--epochs", "2"]
-
-
-def tfquant(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(TFQUANT), *map(str, args)], capture_output=True, text=True, timeout=600, **kwargs
-    )
 
 
 def listing(directory: pathlib.Path) -> dict[str, str]:
@@ -310,7 +303,7 @@ def interrupt_when(args, needle: str | None, sig: int, delay: float = 0.0, cwd=N
     the launcher has installed its handlers), wait ``delay`` seconds and send ``sig``.
     Returns (returncode, stdout, stderr, sent)."""
     proc = subprocess.Popen(
-        [str(TFQUANT), *map(str, args)],
+        [*TFQUANT, *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -474,8 +467,9 @@ def test_fuzz_train_options_parse_or_exit_2(option, value):
     import contextlib
     import io
 
+    from tfquant._train_cli import config_from_args
     from tfquant.cli import build_parser
-    from tfquant.train import TrainConfig, check_config
+    from tfquant.train import check_config
 
     stderr = io.StringIO()
     try:
@@ -485,15 +479,6 @@ def test_fuzz_train_options_parse_or_exit_2(option, value):
         assert e.code == 2
         assert "Traceback" not in stderr.getvalue()
         return
-    config = TrainConfig(
-        dataset=args.dataset,
-        model=args.model,
-        method=args.method,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        limit=args.limit,
-        seed=args.seed,
-        out=os.path.join(tempfile.gettempdir(), "tfquant-fuzz-never-written", "run"),
-    )
+    args.out = os.path.join(tempfile.gettempdir(), "tfquant-fuzz-never-written", "run")
+    config = config_from_args(args)
     check_config(config)  # never raises for a value the parser let through

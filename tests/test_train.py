@@ -1,29 +1,16 @@
 """`tfquant train` as a user runs it, on a slice of real data, for each method."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import tfquant_cli as _tfquant
 
 from tfquant import datasets
 from tfquant.train import METHODS
 
 LIMIT = 256
-
-
-def _tfquant(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "tfquant", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -13,28 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import zipfile
 
 import h5py
 import pytest
+from helpers import tfquant_cli
 from tfquant.converters import ConversionError, UnsafeModelError, load_model, safety
 
 from tfquant._keras import keras, tf
 
 HINT = "--unsafe"
-
-
-def tfquant_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "tfquant.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def _file_writer(path):
@@ -227,6 +215,23 @@ def test_other_code_carrying_layers(tmp_path):
                 "config": {"name": "m", "function": "abs", "mask": {"class_name": "__lambda__"}},
             },
             "its mask is a Python lambda",
+        ),
+        # CVE-2025-9906: a Lambda whose function switches safe mode off for the layers that
+        # follow. Refused whatever the Keras version.
+        "bypass": (
+            {
+                "class_name": "Lambda",
+                "config": {
+                    "name": "off",
+                    "function": {
+                        "module": "keras.config",
+                        "class_name": "function",
+                        "config": "enable_unsafe_deserialization",
+                        "registered_name": "function",
+                    },
+                },
+            },
+            "it calls keras.config.enable_unsafe_deserialization",
         ),
     }
     for name, (layer, needle) in cases.items():

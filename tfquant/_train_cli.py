@@ -54,12 +54,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from tfquant.cli import UsageError
-    from tfquant.datasets import DatasetNotFoundError
-    from tfquant.train import TrainConfig, check_config, run
+def config_from_args(args: argparse.Namespace):
+    """The :class:`tfquant.train.TrainConfig` that ``tfquant train`` runs for ``args``."""
+    from tfquant.train import TrainConfig
 
-    config = TrainConfig(
+    return TrainConfig(
         dataset=args.dataset,
         model=args.model,
         method=args.method,
@@ -73,6 +72,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         convert=not args.no_convert,
         verbose=0 if args.quiet else None,
     )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tfquant.cli import UsageError
+    from tfquant.datasets import DatasetNotFoundError
+    from tfquant.train import check_config, run
+
+    config = config_from_args(args)
     try:
         check_config(config)
         report = run(config)
