@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import pytest
 from helpers import TFQUANT, binary_cnn
 from helpers import tfquant_cli as tfquant
@@ -67,8 +68,6 @@ def deep_model(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture
 def workdir(tmp_path, model_file) -> pathlib.Path:
     """A directory holding the user's model and a data file."""
-    import numpy as np
-
     (tmp_path / "m.keras").write_bytes(model_file.read_bytes())
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28, 1), "float32"))
     return tmp_path
@@ -173,31 +172,19 @@ def test_special_input_files_do_not_hang(workdir, command):
     assert "FIFO" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_npz_and_object_data_get_a_clear_message(workdir, capsys):
-    import numpy as np
-
-    np.savez(workdir / "d.npz", x=np.zeros((2, 28, 28, 1)))
-    code, err = run_main(
-        capsys,
-        "convert",
-        workdir / "m.keras",
-        "-o",
-        workdir / "o.tflite",
-        "--data",
-        workdir / "d.npz",
-    )
-    assert code == 2 and ".npz archive" in err, err
-    np.save(workdir / "s.npy", np.array(["a", "b"]))
-    code, err = run_main(
-        capsys,
-        "convert",
-        workdir / "m.keras",
-        "-o",
-        workdir / "o.tflite",
-        "--data",
-        workdir / "s.npy",
-    )
-    assert code == 2 and "numeric array" in err, err
+@pytest.mark.parametrize(
+    "name, save, needle",
+    [
+        ("d.npz", lambda p: np.savez(p, x=np.zeros((2, 28, 28, 1))), ".npz archive"),
+        ("s.npy", lambda p: np.save(p, np.array(["a", "b"])), "numeric array"),
+        ("e.npy", lambda p: np.save(p, np.zeros((0, 28, 28, 1))), "non-empty"),
+    ],
+)
+def test_data_files_that_are_not_a_batch_get_a_clear_message(workdir, capsys, name, save, needle):
+    save(workdir / name)
+    args = ["convert", workdir / "m.keras", "-o", workdir / "o.tflite", "--data", workdir / name]
+    code, err = run_main(capsys, *args)
+    assert code == 2 and needle in err, err
     assert not (workdir / "o.tflite").exists()
 
 
