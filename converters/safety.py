@@ -162,9 +162,10 @@ def _open_regular(path: str, what: str):
     return os.fdopen(fd, "rb")
 
 
-def _json(text: bytes | str, path: str, expected: str, field: str) -> Any:
+def _json(text: bytes | str, path: str, expected: str, field: str) -> dict:
+    """The JSON object in ``text`` (a Keras config), or a ConversionError saying why not."""
     try:
-        return json.loads(text)
+        config = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise ConversionError(
             f"Expected {expected}. Received: {path!r}, whose {field} is not valid JSON ({e})"
@@ -173,6 +174,12 @@ def _json(text: bytes | str, path: str, expected: str, field: str) -> Any:
         raise ConversionError(
             f"Expected {expected}. Received: {path!r}, whose {field} is nested too deeply"
         ) from None
+    if not isinstance(config, dict):
+        raise ConversionError(
+            f"Expected {expected}. Received: {path!r}, whose {field} holds a "
+            f"{type(config).__name__}, not a Keras config"
+        )
+    return config
 
 
 # A config.json of a large model is a few MB; Keras writes members uncompressed.
@@ -211,13 +218,7 @@ def scan_keras_file(path: str) -> list[Finding]:
             raise ConversionError(
                 f"Expected {_KERAS_FILE}. Received: {path!r}, a damaged zip archive ({e})"
             ) from None
-    config = _json(text, path, _KERAS_FILE, "config.json")
-    if not isinstance(config, dict):
-        raise ConversionError(
-            f"Expected {_KERAS_FILE}. Received: {path!r}, whose config.json holds a "
-            f"{type(config).__name__}, not a Keras object config"
-        )
-    return _scan_config(config, path)
+    return _scan_config(_json(text, path, _KERAS_FILE, "config.json"), path)
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -277,13 +278,7 @@ def scan_h5_file(path: str) -> list[Finding]:
         )
     if hasattr(raw, "decode"):
         raw = raw.decode("utf-8", errors="replace")
-    config = _json(raw, path, _H5_FILE, "model_config")
-    if not isinstance(config, dict):
-        raise ConversionError(
-            f"Expected {_H5_FILE}. Received: {path!r}, whose model_config holds a "
-            f"{type(config).__name__}, not a Keras model config"
-        )
-    return _scan_config(config, path)
+    return _scan_config(_json(raw, path, _H5_FILE, "model_config"), path)
 
 
 # ---------------------------------------------------------------------------------------------
