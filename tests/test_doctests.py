@@ -6,13 +6,13 @@ import pytest
 
 import tfquant
 from tfquant import callbacks, layers, quantizers
-from tfquant.methods import binary_relax
+from tfquant.methods import binary_relax, tsq
 from tfquant.optimizers import mirror_descent
 
 
 @pytest.mark.parametrize(
     "module",
-    [quantizers, layers, mirror_descent, callbacks, binary_relax],
+    [quantizers, layers, mirror_descent, callbacks, binary_relax, tsq],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples_run(module):

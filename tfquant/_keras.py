@@ -19,7 +19,7 @@ if keras.backend.backend() != "tensorflow":
         "tfquant needs Keras 3 on the TensorFlow backend (its quantizers use "
         "tf.custom_gradient and TensorFlow ops that Larq Compute Engine converts). "
         f"Received: Keras backend {keras.backend.backend()!r}. Set the environment variable "
-        "KERAS_BACKEND=tensorflow before importing keras, or set \"backend\": \"tensorflow\" "
+        'KERAS_BACKEND=tensorflow before importing keras, or set "backend": "tensorflow" '
         "in ~/.keras/keras.json."
     )
 

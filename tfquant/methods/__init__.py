@@ -2,8 +2,11 @@
 
 * :mod:`tfquant.methods.binary_relax`: BinaryRelax (Yin et al. 2018), a relaxed quantizer
   with a continuation schedule on its weight, then exact quantization.
+* :mod:`tfquant.methods.tsq`: Two-Step Quantization (Wang et al. 2018), step 2's NumPy
+  solver for ternary weights by response reconstruction (its activation quantizer is
+  :class:`tfquant.quantizers.SparseQuantizer`).
 """
 
-from tfquant.methods import binary_relax
+from tfquant.methods import binary_relax, tsq
 
-__all__ = ["binary_relax"]
+__all__ = ["binary_relax", "tsq"]

@@ -191,3 +191,40 @@ def uniform_quantize(x: tf.Tensor, bits: int, mode: str = "activation") -> tf.Te
     t = tf.tanh(x)
     t = t / (2.0 * tf.reduce_max(tf.abs(t)) + 1e-12) + 0.5
     return 2.0 * ste_round(t * n) / n - 1.0
+
+
+def sparse_quantize(x: tf.Tensor, threshold: float, step: float, bits: int = 2) -> tf.Tensor:
+    r"""Two-Step Quantization's sparse activation quantizer with a clipped straight-through
+    gradient (TSQ.md 2.1-2.2, VERIFIED from the authors' ``relu2b_layer``).
+
+    With :math:`n = 2^b - 1`, threshold :math:`\epsilon` and step :math:`\delta`:
+
+    \\[ q(x) = \begin{cases} 0 & x \le \epsilon \\
+        \delta\, \min\!\big(n, \max(1, \lceil x/\delta - \tfrac12 \rceil)\big) & x > \epsilon
+        \end{cases}, \qquad \frac{\partial q}{\partial x} = 1_{0 < x < n\delta} \\]
+
+    The bins are closed on the right, :math:`(\epsilon, 1.5\delta], (1.5\delta, 2.5\delta],
+    \dots`, and the gradient gate opens at 0, not at :math:`\epsilon`. The boundaries are
+    compared directly (computed in float64, then cast) rather than through ``x / delta``, so
+    an input equal to a boundary lands in the lower bin exactly. The general-``b`` form is a
+    reconstruction (the released code is 2-bit).
+
+    References: Wang et al., "Two-Step Quantization for Low-bit Neural Networks", CVPR 2018.
+    """
+    n = 2**bits - 1
+    x = tf.convert_to_tensor(x)
+    bounds = [(k + 0.5) * step for k in range(1, n)]
+
+    @tf.custom_gradient
+    def _call(x):
+        def grad(dy):
+            inside = tf.logical_and(x > 0.0, x < tf.constant(n * step, x.dtype))
+            return dy * tf.cast(inside, x.dtype)
+
+        count = tf.ones_like(x)
+        for bound in bounds:
+            count += tf.cast(x > tf.constant(bound, x.dtype), x.dtype)
+        level = count * tf.constant(step, x.dtype)
+        return tf.where(x > tf.constant(threshold, x.dtype), level, tf.zeros_like(x)), grad
+
+    return _call(x)
