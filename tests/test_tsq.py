@@ -157,6 +157,18 @@ def test_otwa_tie_pins_caffe_largest_r():
         assert np.sum((w - a * t) ** 2) == 1.34375
 
 
+def test_ste_ternary_optimal_breaks_ties_like_caffe():
+    # The Keras quantizer TSQ's step 2 starts from gives the same code as the NumPy solver
+    # on the exact tie (values exact in float32), per tensor and per output channel.
+    w = np.array([2.0, 0.75, -0.625, 0.625], "float32")
+    q = quantizers.SteTernary(method="optimal", per_channel=False)
+    np.testing.assert_array_equal(q(w).numpy(), [1.0, 1.0, -1.0, 1.0])
+    kernel = np.stack([w, 3 * w], axis=-1)  # (N, C): two channels, both tied
+    per_channel = quantizers.SteTernary(method="optimal", per_channel=True)(kernel).numpy()
+    what, alpha = tsq.optimal_ternary(kernel, axis=0)
+    np.testing.assert_allclose(per_channel, alpha * what, rtol=1e-6)
+
+
 # ----------------------------------------------------------------- 9.5 coordinate update
 CODE = np.array([1.0, 0.0, -1.0, 1.0, 0.0, -1.0])
 

@@ -114,11 +114,14 @@ def ternary_support(x: tf.Tensor, method: str, per_channel: bool, threshold_valu
         keep = tf.cast(mat > delta, x.dtype)
     elif method == "optimal":
         # Exact minimiser of ||w - alpha t||^2 over t in {-1,0,1}^n, alpha > 0: keep the k
-        # largest |w|, k maximising (sum of top-k |w|)^2 / k (Li & Liu 2016, appendix).
+        # largest |w|, k maximising (sum of top-k |w|)^2 / k (Li & Liu 2016, appendix). On
+        # an exact tie the largest k wins, as in TSQ's Caffe code (tfquant.methods.tsq).
         ordered = -tf.sort(-mat, axis=0)
         csum = tf.cumsum(ordered, axis=0)
-        k = tf.cast(tf.range(1, tf.shape(mat)[0] + 1), x.dtype)[:, None]
-        best = tf.argmax(tf.square(csum) / k, axis=0)
+        n = tf.shape(mat)[0]
+        k = tf.cast(tf.range(1, n + 1), x.dtype)[:, None]
+        score = tf.square(csum) / k
+        best = tf.cast(n - 1, tf.int64) - tf.argmax(tf.reverse(score, axis=[0]), axis=0)
         threshold = tf.experimental.numpy.take_along_axis(ordered, best[None, :], axis=0)
         keep = tf.cast(mat >= threshold, x.dtype)
     else:  # validated by the class
