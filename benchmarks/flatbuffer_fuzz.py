@@ -12,7 +12,10 @@ random run of up to 16 bytes, or truncate at a random length), and every mutant 
   run the interpreter in-process, as it did before).
 
 The counts say how many crashes validation stops before the interpreter sees the file, and
-how many mutants pass validation and still crash (the child turns those into exit 2).
+how many mutants pass validation and still crash (the child turns those into exit 2). Also
+timed: validation of each model unmutated, and the cost of the child process
+(``bench.isolated_latency`` against ``bench.local_latency`` in this process, one inference,
+medians of 5).
 
 Run (about two minutes on 2 CPU cores)::
 
@@ -88,6 +91,16 @@ def run_unprotected(data: bytes, directory: str) -> str:
     return "ran" if proc.returncode == 0 else "refused"
 
 
+def _median_ms(fn, repeats: int = 5) -> float:
+    fn()  # warm: file cache, the schema's layout
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
 def models() -> dict[str, bytes]:
     binary = zoo.build("binary_cnn", input_shape=(28, 28, 1), classes=10)
     layers = keras.layers
@@ -147,6 +160,15 @@ def main(argv=None) -> dict:
                     "max": round(max(times), 3),
                 },
             }
+            out["models"][name]["validation_ms_unmutated"] = round(
+                _median_ms(
+                    lambda: validate.validate_flatbuffer(data)  # noqa: B023
+                ),
+                3,
+            )
+            child = _median_ms(lambda: bench.isolated_latency(data, runs=1, warmup=0))  # noqa: B023
+            local = _median_ms(lambda: bench.local_latency(data, runs=1, warmup=0))  # noqa: B023
+            out["models"][name]["child_overhead_ms"] = round(child - local, 1)
             print(f"{name}: {dict(sorted(counts.items()))}", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return out

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import re
-import stat
 import tempfile
 import time
 import warnings
@@ -32,7 +31,7 @@ from typing import Any
 from tfquant.converters import inspect as _inspect
 from tfquant.converters import rewrite as _rewrite
 
-from tfquant._files import describe, umask
+from tfquant._files import FileError, check_input, umask
 from tfquant._keras import check_keras3, keras, tf
 
 __all__ = [
@@ -163,24 +162,19 @@ def _is_saved_model_dir(path: str) -> bool:
 
 
 def _check_path(path: str) -> None:
-    """Refuse a missing path, a directory without ``saved_model.pb``, anything that is not
-    a regular file (a FIFO would block the first ``open`` forever, ``/dev/zero`` never
-    ends) and other file kinds, before anything opens it."""
-
-    if not os.path.exists(path):
-        raise ConversionError(f"Model not found: {path!r} (no such file or directory)")
-    mode = os.stat(path).st_mode
-    if stat.S_ISDIR(mode):
+    """Refuse a missing path, a directory without ``saved_model.pb`` and anything that is
+    not a regular file (a FIFO would block the first ``open`` forever, ``/dev/zero`` never
+    ends), before anything opens it."""
+    try:
+        check_input(path, "model", directory=True)
+    except FileError as e:
+        raise ConversionError(str(e)) from None
+    if os.path.isdir(path):
         if not _is_saved_model_dir(path):
             raise ConversionError(
                 f"Expected a SavedModel directory (with saved_model.pb), a .keras file or a "
                 f".h5 file. Received: {path!r}, a directory without saved_model.pb"
             )
-    elif not stat.S_ISREG(mode):
-        raise ConversionError(
-            "Expected a regular file (a .keras or .h5 file) or a SavedModel directory. "
-            f"Received: {path!r}, {describe(mode)}"
-        )
     elif not path.endswith((".keras", ".h5", ".hdf5")):
         raise ConversionError(
             f"Expected a .keras or .h5 file or a SavedModel directory. Received: {path!r}"

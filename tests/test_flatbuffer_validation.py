@@ -10,6 +10,7 @@ import io
 import os
 import platform
 import subprocess
+import sys
 import time
 
 import flatbuffers
@@ -125,22 +126,17 @@ def test_module_docstring_example_runs():
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_validation_is_fast_and_bounded(binary_fb):
-    validate_flatbuffer(binary_fb)  # the schema's layout is read once per process
-    start = time.perf_counter()
-    for _ in range(10):
-        validate_flatbuffer(binary_fb)
-    assert (time.perf_counter() - start) / 10 < 0.05
-    # Weights cost nothing: an 8 MB float model validates as fast as a small one.
+def test_big_and_adversarial_files(binary_fb):
+    # Timings are benchmarks/flatbuffer_fuzz.py's; here what matters is the outcome.
+    validate_flatbuffer(binary_fb)
+    # An 8 MB float model (weights are checked as sizes, not walked).
     inp = keras.Input((16, 16, 64))
     x = keras.layers.Conv2D(256, 3)(inp)
     x = keras.layers.Conv2D(256, 3)(x)
     x = keras.layers.Dense(2000)(keras.layers.GlobalAveragePooling2D()(x))
     big = convert(keras.Model(inp, x), allow_float=True)
     assert len(big) > 4_000_000
-    start = time.perf_counter()
     validate_flatbuffer(big)
-    assert time.perf_counter() - start < 0.05
     # Offsets shared over and over (N distinct subgraphs sharing one N-element tensor vector:
     # N * N table visits) are refused within a budget instead of walked for minutes.
     b = flatbuffers.Builder(0)
@@ -164,10 +160,8 @@ def test_validation_is_fast_and_bounded(binary_fb):
     schema.ModelAddVersion(b, 3)
     schema.ModelAddSubgraphs(b, vector)
     b.Finish(schema.ModelEnd(b), file_identifier=b"TFL3")
-    start = time.perf_counter()
     with pytest.raises(InvalidFlatbufferError, match="referenced over and over"):
         validate_flatbuffer(bytes(b.Output()))
-    assert time.perf_counter() - start < 2.0
 
 
 def test_valid_models_bench_in_a_child_process(binary_fb, float_fb, work_dir):
@@ -180,12 +174,26 @@ def test_valid_models_bench_in_a_child_process(binary_fb, float_fb, work_dir):
     assert row["median_ms"] > 0
 
 
-def test_child_overhead_is_small(float_fb):
-    bench.isolated_latency(float_fb, runs=1, warmup=0)  # warm the file cache
-    start = time.perf_counter()
-    bench.isolated_latency(float_fb, runs=1, warmup=0)
-    # LCE's interpreter without TensorFlow's import: ~0.15 s here, a TF import alone is ~4 s.
-    assert time.perf_counter() - start < 3.0
+def test_child_runs_without_importing_tensorflow(float_fb, tmp_path):
+    # What keeps the child cheap (benchmarks/flatbuffer_fuzz.py times it): LCE's interpreter
+    # is imported without larq_compute_engine/__init__, which imports TensorFlow.
+    model = tmp_path / "m.tflite"
+    model.write_bytes(float_fb)
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{bench._CHILD!r}, {str(model)!r}, '--runs', '1', '--warmup', '0']\n"
+        "try:\n"
+        f"    runpy.run_path({bench._CHILD!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print('TENSORFLOW_IMPORTED', 'tensorflow' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "TFQUANT_BENCH_RESULT" in proc.stdout
+    assert "TENSORFLOW_IMPORTED False" in proc.stdout
 
 
 def test_external_buffers_inside_the_file_are_valid(float_fb):

@@ -73,6 +73,10 @@ def workdir(tmp_path, model_file) -> pathlib.Path:
     return tmp_path
 
 
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the command started its work before refusing its paths")
+
+
 def run_main(capsys, *argv) -> tuple[int, str]:
     from tfquant.cli import main
 
@@ -108,10 +112,11 @@ def test_convert_output_collisions_are_refused_before_any_work(
     os.link(workdir / "m.keras", workdir / "hardlink.keras")
     (workdir / "link-to-out.json").symlink_to("out.json")  # dangling: out.json is new
     before = listing(workdir)
-    start = time.perf_counter()
+    import tfquant.converters
+
+    monkeypatch.setattr(tfquant.converters, "convert_with_report", _must_not_run)
     code, err = run_main(capsys, "convert", "m.keras", *argv)
-    assert code == 2 and needle in err, err
-    assert time.perf_counter() - start < 5  # refused before loading or converting
+    assert code == 2 and needle in err, err  # refused before loading or converting
     assert listing(workdir) == before
 
 
@@ -224,17 +229,18 @@ def test_artifacts_follow_the_umask_even_when_replacing_a_private_file(workdir, 
 # tfquant train's --out
 
 
-def test_train_out_problems_are_found_before_training(tmp_path, capsys):
+def test_train_out_problems_are_found_before_training(tmp_path, capsys, monkeypatch):
+    from tfquant import datasets
+
+    monkeypatch.setattr(datasets, "load", _must_not_run)  # the first step of a run
     (tmp_path / "file").write_text("x")
     for out, needle in [
         (tmp_path / "file", "Expected --out to be a directory"),
         (tmp_path / "file" / "sub", "is not a directory"),
         ("/proc/self/run", "cannot create files in"),
     ]:
-        start = time.perf_counter()
         code, err = run_main(capsys, "train", *TRAIN_SMALL, "--out", out, "-q")
         assert code == 2 and needle in err, (out, err)
-        assert time.perf_counter() - start < 5
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.keras").mkdir()  # an artifact path that is a directory
     code, err = run_main(capsys, "train", *TRAIN_SMALL, "--out", tmp_path / "run", "--overwrite")

@@ -319,7 +319,7 @@ def test_files_that_are_not_models(tmp_path, capsys, monkeypatch):
 def test_non_regular_files_are_refused_before_opening(tmp_path):
     fifo = tmp_path / "m.keras"
     os.mkfifo(fifo)
-    with pytest.raises(ConversionError, match=r"Expected a regular file .* a FIFO"):
+    with pytest.raises(ConversionError, match=r"Expected the model to be a regular file .* a FIFO"):
         load_model(fifo)  # opening it would block forever
     with pytest.raises(ConversionError, match="a character device"):
         load_model("/dev/zero")

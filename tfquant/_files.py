@@ -146,6 +146,7 @@ class Outputs:
         self._targets: dict[str, str] = {}  # path -> what
         self._staged: dict[str, str] = {}  # path -> temporary file
         self._remove: list[str] = []
+        self._probed: set[str] = set()  # directories where a file was created
         self.written: list[str] = []
         self.removed: list[str] = []
 
@@ -199,7 +200,9 @@ class Outputs:
             reason = "does not exist" if not os.path.lexists(directory) else "is not a directory"
             raise FileError(f"Cannot write the {what} {path!r}: directory {directory!r} {reason}")
         try:
-            _probe(directory)
+            if directory not in self._probed:
+                _probe(directory)
+                self._probed.add(directory)
         except OSError as e:
             raise FileError(
                 f"Cannot write the {what} {path!r}: cannot create files in {directory!r} "

@@ -77,12 +77,11 @@ def config_from_args(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from tfquant.cli import UsageError
     from tfquant.datasets import DatasetNotFoundError
-    from tfquant.train import check_config, run
+    from tfquant.train import run
 
     config = config_from_args(args)
     try:
-        check_config(config)
-        report = run(config)
+        report = run(config)  # checks the config and --out first
     except (ValueError, DatasetNotFoundError) as e:
         if type(e).__module__.startswith("tfquant.converters"):
             raise

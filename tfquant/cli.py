@@ -184,7 +184,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             outputs.write(args.output, flatbuffer)
             if args.report:
                 outputs.write(args.report, report.to_json() + "\n")
-            _commit(outputs)
+            outputs.commit()
         except BaseException:
             progress.close(failed=True)
             raise
@@ -311,7 +311,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         with outputs:
             outputs.write(args.json, json.dumps(results, indent=2) + "\n")
-            _commit(outputs)
+            outputs.commit()
         print(f"wrote {args.json}")
     return 0
 
@@ -385,11 +385,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def _commit(outputs) -> list[str]:
-    """Move the staged outputs into place (see :meth:`tfquant._files.Outputs.commit`)."""
-    return outputs.commit()
 
 
 @contextlib.contextmanager
