@@ -29,6 +29,23 @@ def tfquant_cli(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedPr
     )
 
 
+def conv_bn_dense(input_shape, filters: int, units: int, kernel_quantizer="ste_sign", seed=0):
+    """QuantConv2D (3x3, float input) -> synchronized BatchNorm -> Flatten -> QuantDense with
+    sign inputs: the smallest network with every kind of weight and a BatchNorm."""
+    from tfquant import layers
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.QuantConv2D(filters, 3, kernel_quantizer=kernel_quantizer, use_bias=False),
+            keras.layers.BatchNormalization(synchronized=True),
+            keras.layers.Flatten(),
+            layers.QuantDense(units, input_quantizer="ste_sign", kernel_quantizer=kernel_quantizer),
+        ]
+    )
+
+
 def np_sign(x):
     return np.where(x >= 0, 1.0, -1.0).astype(np.float32)
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import conv_bn_dense
 
 import tfquant
 from tfquant import layers, quantizers
@@ -384,16 +385,7 @@ def test_keras_file_keeps_the_optimizer_and_resumed_fit_continues_exactly(
 def _conv_bn_model(quantizer="ste_sign", seed=0):
     """_conv_model with a synchronized BatchNorm (its statistics from the global batch) and
     binary activations."""
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((6, 6, 2)),
-            layers.QuantConv2D(4, 3, kernel_quantizer=quantizer, use_bias=False),
-            keras.layers.BatchNormalization(synchronized=True),
-            keras.layers.Flatten(),
-            layers.QuantDense(4, input_quantizer="ste_sign", kernel_quantizer=quantizer),
-        ]
-    )
+    return conv_bn_dense((6, 6, 2), 4, 4, quantizer, seed)
 
 
 @pytest.mark.parametrize(

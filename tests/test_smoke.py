@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import randomize_batchnorm
+from helpers import conv_bn_dense, randomize_batchnorm
 
 import tfquant
 from tfquant import converters, layers, quantizers
@@ -50,7 +50,9 @@ def test_every_weight_quantizer_and_layer_converts(kernel_quantizer):
     flatbuffer, report = converters.convert_with_report(
         model, parity_inputs=x, calibration_data=x, allow_float=True
     )
-    assert {r.name for r in report.layers} == {layer.name for layer in model.layers if "quant" in layer.name}
+    assert {r.name for r in report.layers} == {
+        layer.name for layer in model.layers if "quant" in layer.name
+    }
     parity = report.parity
     if kernel_quantizer in ("ste_sign", "approx_sign", "scaled_sign"):
         assert parity["relative_max_diff"] < 1e-5, parity
@@ -86,16 +88,7 @@ def test_every_input_quantizer_converts(input_quantizer):
 
 
 def _train_step_model(kernel_quantizer="ste_sign"):
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((6, 6, 1)),
-            layers.QuantConv2D(8, 3, kernel_quantizer=kernel_quantizer, use_bias=False),
-            keras.layers.BatchNormalization(synchronized=True),
-            keras.layers.Flatten(),
-            layers.QuantDense(3, input_quantizer="ste_sign", kernel_quantizer=kernel_quantizer),
-        ]
-    )
+    return conv_bn_dense((6, 6, 1), 8, 3, kernel_quantizer)
 
 
 METHODS = ["ste_adam", "md_tanh_s", "md_tanh", "md_softmax_s", "md_softmax", "md_ternary", "br"]
