@@ -127,9 +127,13 @@ class ConversionReport:
         counts: dict[str, int] = {}
         for layer in self.layers:
             counts[layer.became] = counts.get(layer.became, 0) + 1
+        exact = sum(1 for layer in self.layers if layer.became == "int8" and layer.exact)
         lines.append(
             f"tfquant layers: {len(self.layers)} ("
-            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+            + ", ".join(
+                f"{v} {k}" + (f", {exact} of them bit-exact" if k == "int8" else "")
+                for k, v in sorted(counts.items())
+            )
             + ")"
         )
         for layer in self.layers:

@@ -263,6 +263,41 @@ def _activation_range(quantizer) -> tuple[float, float, bool] | None:
     return 0.0, 255.0 * s, False
 
 
+def _code_grid(quantizer) -> tuple[float, int, str | None] | None:
+    """``(u, n, mismatch)`` for an activation quantizer whose output is one of the levels
+    ``{j u : j = 0..n}``, chosen by rounding to the nearest level (clipped to ``[0, n u]``)
+    except possibly on one band that ``mismatch`` describes; None for other quantizers.
+
+    Such levels can travel between int8 layers as the codes themselves: the producer
+    requantizes its output with scale ``u`` (which rounds at the midpoints ``(j + 1/2) u``)
+    and clips it to ``n u``, and the reader takes the codes as they come, with no float
+    quantizer ops in between. DoReFa activations round exactly so; TSQ's sparse quantizer
+    does when its threshold is ``step / 2`` and otherwise differs on the band between the
+    threshold and ``step / 2`` (TSQ.md 8).
+    """
+    if isinstance(quantizer, quantizers.UniformQuantizer) and quantizer.mode == "activation":
+        n = 2**quantizer.bits - 1
+        return (1.0 / n, n, None) if n <= 255 else None
+    if isinstance(quantizer, quantizers.SparseQuantizer):
+        u, eps, n = quantizer.step, quantizer.threshold, 2**quantizer.bits - 1
+        if n > 255 or (n > 1 and eps >= 1.5 * u) or (n == 1 and eps >= u):
+            return None
+        if abs(eps - u / 2) <= 1e-7 * u:
+            return u, n, None
+        lo, hi, out = (
+            (eps, u / 2, "0 instead of d") if eps < u / 2 else (u / 2, eps, "d instead of 0")
+        )
+        return (
+            u,
+            n,
+            (
+                f"the readers' sparse threshold {eps:g} is not step/2 = {u / 2:g}: int8 rounds "
+                f"at step/2, so pre-activations in ({lo:g}, {hi:g}] give {out}"
+            ),
+        )
+    return None
+
+
 def _int8_problem(layer: QuantizerMixin, input_shape: tuple | None) -> str | None:
     if isinstance(layer, QuantDepthwiseConv2D):
         return "int8 export of depthwise convolutions is not implemented"
@@ -444,6 +479,10 @@ class Int8Layer(_DeployLayer):
         input_range: ``(min, max, narrow_range)`` of the input fake quant.
         output_range: ``(min, max)`` of the output fake quant.
         sign_safe: the readers only take the output's sign (see ``call``).
+        output_clip: with ``output_range = (0, 255 u)``: the output is the nearest level
+            ``j u``, clipped to ``output_clip = n u`` (the codes the int8 readers take).
+        input_codes: the input already is one of the input quantizer's levels (produced by
+            an int8 layer with ``output_clip``): the quantizer is not applied again.
         conv: for a convolution, ``strides``, ``dilations``, ``padding`` (``"SAME"`` /
             ``"VALID"``), ``one_padding`` and ``pad_values``; ``None`` for dense.
         input_quantizer, activation, use_bias: as the source layer's.
@@ -458,9 +497,13 @@ class Int8Layer(_DeployLayer):
         output_range: Any,
         sign_safe: bool = False,
         conv: dict[str, Any] | None = None,
+        output_clip: float | None = None,
+        input_codes: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.output_clip = None if output_clip is None else float(output_clip)
+        self.input_codes = bool(input_codes)
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         lo, hi, narrow = input_range
         self.input_range = (float(lo), float(hi), bool(narrow))
@@ -477,6 +520,8 @@ class Int8Layer(_DeployLayer):
         output_range: tuple[float, float],
         batchnorm: keras.layers.BatchNormalization | None = None,
         sign_safe: bool = False,
+        output_clip: float | None = None,
+        input_codes: bool = False,
     ) -> Int8Layer:
         """The deploy layer of a trained ternary / k-bit layer, with ``batchnorm`` (the
         BatchNormalization reading only its output) folded into kernel and bias."""
@@ -507,6 +552,8 @@ class Int8Layer(_DeployLayer):
             output_range,
             sign_safe=sign_safe,
             conv=conv,
+            output_clip=output_clip,
+            input_codes=input_codes,
             name=source.name,
             **values,
         )
@@ -528,7 +575,9 @@ class Int8Layer(_DeployLayer):
             self.bias = _constant_weight(self, "bias", (cout,))
 
     def call(self, inputs, training=None):
-        x = inputs if self.input_quantizer is None else self.input_quantizer(inputs)
+        x = inputs
+        if self.input_quantizer is not None and not self.input_codes:
+            x = self.input_quantizer(x)
         lo, hi, narrow = self.input_range
         x = tf.quantization.fake_quant_with_min_max_args(x, lo, hi, num_bits=8, narrow_range=narrow)
         kernel = tf.convert_to_tensor(self.kernel)
@@ -564,6 +613,9 @@ class Int8Layer(_DeployLayer):
             )
         y = self._finish(y)
         lo, hi = self.output_range
+        if self.output_clip is not None:
+            y = tf.quantization.fake_quant_with_min_max_args(y, lo, hi, num_bits=8)
+            return tf.minimum(y, self.output_clip)
         if not self.sign_safe:
             return tf.quantization.fake_quant_with_min_max_args(y, lo, hi, num_bits=8)
         # Only signs are read: shift by half a step so that code >= 1 <=> y >= 0, then shift
@@ -579,6 +631,8 @@ class Int8Layer(_DeployLayer):
             "input_range": list(self.input_range),
             "output_range": list(self.output_range),
             "sign_safe": self.sign_safe,
+            "output_clip": self.output_clip,
+            "input_codes": self.input_codes,
             "conv": None
             if self.conv is None
             else {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in self.conv.items()},
@@ -681,6 +735,8 @@ def _exact_output_range(layer, consumers: dict) -> tuple[float, float] | None:
         exact = _activation_range(q)
         if exact is None or exact[2] or min(q.levels) != 0.0:
             return None
+        if isinstance(q, quantizers.SparseQuantizer) and (_code_grid(q) or (0, 0, "x"))[2]:
+            return None  # its first boundary is the threshold, not half a step
         n = len(q.levels) - 1
         if 255 % n:
             return None
@@ -694,6 +750,32 @@ def _only_signs_read(readers: list) -> bool:
         isinstance(c, QuantizerMixin) and _input_is_sign(c) and not c.input_quantizer.scaled
         for c in readers
     )
+
+
+def _code_links(int8_layers: list, readers: dict, consumers: dict) -> dict:
+    """Producer name -> ``(u, n, mismatch, reader names)`` for each int8 layer whose output
+    can travel as level codes (:func:`_code_grid`): a linear or ReLU output read, directly
+    or through max pooling, only by int8 layers whose input quantizers share one grid."""
+    int8_names = {layer.name for layer in int8_layers}
+    links = {}
+    for layer in int8_layers:
+        act = keras.activations.get(layer.activation)
+        if act not in (keras.activations.linear, keras.activations.relu):
+            continue
+        found, todo, ok = [], list(readers[layer.name]), True
+        while todo and ok:
+            c = todo.pop()
+            if isinstance(c, keras.layers.MaxPooling2D):
+                todo += consumers.get(c.name, [])
+            elif c is not None and c.name in int8_names:
+                found.append(c)
+            else:
+                ok = False
+        grids = {_code_grid(c.input_quantizer) for c in found} if ok and found else set()
+        if len(grids) == 1 and None not in grids:
+            u, n, mismatch = grids.pop()
+            links[layer.name] = (u, n, mismatch, [c.name for c in found])
+    return links
 
 
 def _widen(lo: float, hi: float) -> tuple[float, float]:
@@ -758,6 +840,8 @@ def rewrite_model(
         name: consumers[folded[name].name] if name in folded else consumers[name]
         for name in (layer.name for layer in int8_layers)
     }
+    codes = _code_links(int8_layers, readers, consumers)
+    code_readers = {r for link in codes.values() for r in link[3]}
     approximate = []
     replaced: dict[str, keras.layers.Layer] = {}
     folded_bn_names = {bn.name for bn in folded.values()}
@@ -774,28 +858,41 @@ def rewrite_model(
             in_lo, in_hi, out_lo, out_hi = ranges[layer.name]
             exact_in = _activation_range(layer.input_quantizer)
             in_range = exact_in if exact_in else (*_widen(in_lo, in_hi), False)
+            if layer.name in code_readers:
+                u = _code_grid(layer.input_quantizer)[0]
+                in_range = (0.0, 255.0 * u, False)
             bn = folded.get(layer.name)
-            exact_out = _exact_output_range(layer, {layer.name: readers[layer.name]})
-            signs_only = exact_out is None and _only_signs_read(readers[layer.name])
-            if exact_out is None:
-                out_lo, out_hi = ranges[(bn or layer).name][2:]
+            why = []
+            clip = None
+            if layer.name in codes:
+                u, n, mismatch, _ = codes[layer.name]
+                out_range, clip = (0.0, 255.0 * u), n * u
+                signs_only = False
+                if mismatch:
+                    why.append(mismatch)
+            else:
+                exact_out = _exact_output_range(layer, {layer.name: readers[layer.name]})
+                signs_only = exact_out is None and _only_signs_read(readers[layer.name])
+                if exact_out is None:
+                    out_lo, out_hi = ranges[(bn or layer).name][2:]
+                out_range = exact_out or _widen(out_lo, out_hi)
+                if exact_out is None and not signs_only:
+                    why.append("output requantized to a calibrated int8 range")
             new = Int8Layer.from_layer(
                 layer,
                 in_range,
-                exact_out or _widen(out_lo, out_hi),
+                out_range,
                 batchnorm=bn,
                 sign_safe=signs_only,
+                output_clip=clip,
+                input_codes=layer.name in code_readers,
             )
-            exact_out = exact_out or signs_only
-            plan.exact = bool(new.exact and exact_in is not None and exact_out)
-            if not plan.exact:
-                why = []
-                if not new.exact:
-                    why.append("weights are not on an int8 grid (run tfquant.finalize?)")
-                if exact_in is None:
-                    why.append("float or scaled input (calibrated range)")
-                if exact_out is None:
-                    why.append("output requantized to a calibrated int8 range")
+            if not new.exact:
+                why.insert(0, "weights are not on an int8 grid (run tfquant.finalize?)")
+            if exact_in is None:
+                why.insert(int(not new.exact), "float or scaled input (calibrated range)")
+            plan.exact = not why
+            if why:
                 approximate.append(f"{layer.name}: " + ", ".join(why))
             if bn is not None:
                 plan.rewrite = "int8+batchnorm"

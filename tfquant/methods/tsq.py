@@ -61,6 +61,11 @@ __all__ = [
     "response_objective",
     "lambda_schedule",
     "solve_layer",
+    "ternary_layers",
+    "code_learning",
+    "fine_tuning",
+    "TSQResult",
+    "fit",
 ]
 
 _TIES = ("largest", "smallest")
@@ -771,3 +776,181 @@ def learn_transformations(
             )
         records.append(record)
     return records
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe: step 1 (codes), step 2 (transformations), step 3 (fine-tuning)
+
+
+def ternary_layers(model: keras.Model) -> list:
+    """The top-level QuantConv2D / QuantDense layers whose kernel quantizer is a
+    :class:`~tfquant.quantizers.SteTernary`: the layers TSQ ternarizes.
+
+    Raises:
+        ValueError: when there is none.
+    """
+    return _select_layers(model, None)
+
+
+def _set_gates(layers, value: float) -> list:
+    for m in layers:
+        if m.kernel_gate is not None:
+            m.kernel_gate.assign(value)
+    return layers
+
+
+def code_learning(model: keras.Model) -> list:
+    """Step 1 set-up, in place: every ternary layer forwards its float kernel (kernel gate
+    0) while its input quantizer (TSQ's :class:`~tfquant.quantizers.SparseQuantizer`) stays,
+    so training learns the sparse codes with float weights (TSQ.md 2.6). Returns the layers.
+
+    Raises:
+        ValueError: no ternary layer, or one without an input quantizer (TSQ learns codes).
+    """
+    layers = ternary_layers(model)
+    bare = [m.name for m in layers if m.input_quantizer is None]
+    if bare:
+        raise ValueError(
+            "Expected every ternary layer to quantize its input (TSQ learns activation codes "
+            f"in step 1). Received: layers {bare} with input_quantizer=None"
+        )
+    return _set_gates(layers, 0.0)
+
+
+def fine_tuning(model: keras.Model) -> list:
+    """Step 3 set-up, in place: every ternary layer forwards its kernel quantizer again
+    (kernel gate 1): the optimal ternary approximation of the latent kernel, recomputed at
+    each step, with a straight-through gradient, as the authors' ``TernaryConvolution``
+    layer does (TSQ.md 4, INFERRED as TSQ's third stage). After step 2 the latent kernel is
+    ``alpha * ternary`` per channel, which that approximation returns unchanged, so fine-
+    tuning starts from step 2's solution. Returns the layers."""
+    return _set_gates(ternary_layers(model), 1.0)
+
+
+@dataclass
+class TSQResult:
+    """What :func:`fit` did.
+
+    Attributes:
+        history: per-epoch logs of step 1's epochs followed by step 3's (``keras``
+            ``History.history`` of the two ``fit`` calls, concatenated).
+        records: step 2's :class:`LayerRecord` per layer (empty with ``step2=False``).
+        epochs: ``(code_epochs, finetune_epochs)``.
+        step2_seconds: wall time of step 2.
+    """
+
+    history: dict
+    records: list
+    epochs: tuple
+    step2_seconds: float
+
+
+def fit(
+    model: keras.Model,
+    x,
+    y,
+    *,
+    code_epochs: int,
+    finetune_epochs: int,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    finetune_learning_rate: float | None = None,
+    optimizer=None,
+    loss="sparse_categorical_crossentropy",
+    metrics=("accuracy",),
+    step2: bool = True,
+    step2_inputs: int = 2048,
+    validation_data=None,
+    callbacks=(),
+    verbose="auto",
+    seed: int = 0,
+    **step2_options,
+) -> TSQResult:
+    """Two-Step Quantization's recipe on a Keras model built with ternary layers on sparse
+    codes (``tfquant.zoo.build(..., method="tsq")``), in place.
+
+    1. Code learning (:func:`code_learning`): ``code_epochs`` epochs with float kernels and
+       sparse quantized activations, ``learning_rate``.
+    2. Transformation learning (:func:`learn_transformations`) on the first
+       ``step2_inputs`` examples of ``x``, after BatchNorm's moving statistics are
+       recomputed on them (step 2 folds BatchNorm with those statistics, which lag behind
+       the weights after short training); ``step2_options`` go to it (``samples``,
+       ``iterations``, ``lam_start``, ``lam_end``, ...). ``step2=False`` skips it, which is
+       the ablation "fine-tuning from the optimal ternary approximation only".
+    3. Fine-tuning (:func:`fine_tuning`): ``finetune_epochs`` epochs with ternary kernels at
+       ``finetune_learning_rate`` (default ``learning_rate / 10``; INFERRED, TSQ.md 4) with
+       a fresh optimizer.
+
+    Args:
+        model: the model (modified in place; compiled by this function).
+        x, y: training data (arrays).
+        code_epochs: epochs of step 1 (>= 1).
+        finetune_epochs: epochs of step 3 (>= 0).
+        optimizer: ``None`` for Adam, or a callable ``learning_rate -> optimizer`` (called
+            once per stage).
+        loss, metrics: as ``model.compile``'s.
+        validation_data, callbacks, verbose, batch_size: as ``model.fit``'s (the callbacks
+            serve both stages; epochs are numbered on from step 1 to step 3).
+        seed: seed of step 2's row sampling.
+
+    Returns:
+        A :class:`TSQResult`.
+
+    Raises:
+        ValueError: epochs out of range, no ternary layer, a ternary layer without an input
+            quantizer, or bad step-2 options.
+    """
+    import time
+
+    code_epochs = _check_positive_int("code_epochs", code_epochs)
+    if (
+        isinstance(finetune_epochs, bool)
+        or not isinstance(finetune_epochs, int)
+        or finetune_epochs < 0
+    ):
+        raise ValueError(
+            f"Expected finetune_epochs an integer >= 0. Received: finetune_epochs={finetune_epochs!r}"
+        )
+    step2_inputs = _check_positive_int("step2_inputs", step2_inputs)
+    make = optimizer or (lambda lr: keras.optimizers.Adam(lr))
+    ft_lr = learning_rate / 10.0 if finetune_learning_rate is None else finetune_learning_rate
+    history: dict = {}
+
+    def stage(lr, first, last):
+        model.compile(optimizer=make(lr), loss=loss, metrics=list(metrics))
+        h = model.fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=last,
+            initial_epoch=first,
+            validation_data=validation_data,
+            callbacks=list(callbacks),
+            verbose=verbose,
+        )
+        for k, v in h.history.items():
+            history.setdefault(k, []).extend(float(e) for e in v)
+
+    code_learning(model)
+    stage(learning_rate, 0, code_epochs)
+    records: list = []
+    start = time.perf_counter()
+    if step2:
+        # step 2 folds BatchNorm with its moving statistics, which lag behind the weights
+        # after short training (momentum 0.99): recompute them exactly on step 2's inputs
+        from tfquant.models import reestimate_batchnorm
+
+        reestimate_batchnorm(model, x[:step2_inputs], batch_size=batch_size)
+        records = learn_transformations(
+            model,
+            x[:step2_inputs],
+            batch_size=min(batch_size, 256),
+            seed=seed,
+            progress=verbose not in (0, False),
+            **step2_options,
+        )
+    step2_seconds = time.perf_counter() - start
+    fine_tuning(model)
+    if finetune_epochs:
+        stage(ft_lr, code_epochs, code_epochs + finetune_epochs)
+    return TSQResult(history, records, (code_epochs, finetune_epochs), step2_seconds)

@@ -47,6 +47,7 @@ __all__ = [
     "UniformQuantizer",
     "SparseQuantizer",
     "optimal_step",
+    "sparse_fixed_point",
     "get",
     "serialize",
     "ste_sign",
@@ -376,6 +377,28 @@ def optimal_step(threshold: float = 0.32, bits: int = 2) -> float:
             f"explicitly). Received: threshold={threshold!r}"
         )
     return _optimal_step(threshold, bits)
+
+
+def sparse_fixed_point(bits: int = 2) -> tuple[float, float]:
+    r"""The threshold and step ``(eps, d)`` with :math:`\epsilon = \delta^*(\epsilon) / 2`
+    (TSQ.md 2.4): ``(0.3254, 0.6508)`` for 2 bits.
+
+    There the sparse quantizer is round-to-nearest on :math:`\{0, \delta, 2\delta, ...\}`,
+    so an int8 export computes it exactly (TSQ.md 8); the released AlexNet's
+    :math:`\epsilon = 0.32` lies 0.005 below it. Found by iterating
+    :math:`\epsilon \leftarrow \delta^*(\epsilon)/2` from 0.32 to a change below 1e-12.
+
+    >>> [round(v, 4) for v in sparse_fixed_point()]
+    [0.3254, 0.6508]
+    """
+    bits = _check_bits(bits)
+    eps = 0.32
+    for _ in range(200):
+        step = _optimal_step(eps, bits)
+        if abs(step / 2 - eps) < 1e-12:
+            break
+        eps = step / 2
+    return step / 2, step
 
 
 @keras.utils.register_keras_serializable(package="tfquant")

@@ -224,10 +224,12 @@ def sparse_quantize(x: tf.Tensor, threshold: float, step: float, bits: int = 2) 
             inside = tf.logical_and(x > 0.0, x < tf.constant(n * step, x.dtype))
             return dy * tf.cast(inside, x.dtype)
 
-        count = tf.ones_like(x)
+        # d [x > eps] (1 + sum_k [x > b_k]): scalar constants only, so a converted graph
+        # holds no activation-sized constant (zeros_like / ones_like fold into one)
+        count = tf.constant(1.0, x.dtype)
         for bound in bounds:
             count += tf.cast(x > tf.constant(bound, x.dtype), x.dtype)
-        level = count * tf.constant(step, x.dtype)
-        return tf.where(x > tf.constant(threshold, x.dtype), level, tf.zeros_like(x)), grad
+        on = tf.cast(x > tf.constant(threshold, x.dtype), x.dtype)
+        return on * count * tf.constant(step, x.dtype), grad
 
     return _call(x)
