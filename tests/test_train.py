@@ -37,7 +37,21 @@ def test_train_each_method_end_to_end(tmp_path, method):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["method"] == method
-    assert report["conversion"]["ops"]["LceBconv2d"] == 6  # every binary conv became binary
+    became = [layer["became"] for layer in report["conversion"]["layers"]]
+    if method == "tsq":  # ternary kernels on 2-bit codes: int8 kernels, no binary ones
+        assert became == ["int8"] * 6 and "LceBconv2d" not in report["conversion"]["ops"]
+        steps = report["tsq"]
+        assert (steps["code_epochs"], steps["finetune_epochs"]) == (1, 1)
+        names = [layer["name"] for layer in report["conversion"]["layers"]]
+        assert [x["name"] for x in steps["layers"]] == names
+        assert all(x["error_after"] <= x["error_before"] for x in steps["layers"])
+        assert "Step 2's relative response reconstruction error" in (out / "report.md").read_text()
+    elif method == "float":  # the reference: no quantizer anywhere
+        assert set(became) == {"float"} and "LceBconv2d" not in report["conversion"]["ops"]
+        assert report["size"]["compression"] == pytest.approx(1.0)
+    else:
+        assert report["conversion"]["ops"]["LceBconv2d"] == 6  # every binary conv is binary
+        assert became == ["binary"] * 6
     assert report["tflite_bytes"] == (out / "model.tflite").stat().st_size
     # The report's accuracy is the saved (finalized) model's.
     (_, _), (xte, yte) = datasets.load_digits()
@@ -67,6 +81,8 @@ def test_train_each_method_end_to_end(tmp_path, method):
         ({"learning_rate": float("inf")}, "finite number > 0"),
         ({"seed": -1}, "Received: seed=-1"),
         ({"limit": 4}, "Received: limit=4"),
+        ({"finetune_epochs": 1}, "only with method 'tsq'"),
+        ({"method": "tsq", "epochs": 2, "finetune_epochs": 2}, "in 0..epochs-1 = 1"),
     ],
 )
 def test_bad_config_is_refused_before_any_work(tmp_path, field, expected):

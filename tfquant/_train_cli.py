@@ -16,7 +16,9 @@ def register(subparsers) -> None:
         "train",
         help="train a zoo network on real data, finalize, save, convert and benchmark it",
         description=(
-            "Train a binary network from the zoo on an offline dataset, finalize it, save "
+            "Train a network from the zoo with a method (binary: ste, md-*, binary-relax; "
+            "ternary weights on 2-bit codes: tsq; float: the reference) on an offline "
+            "dataset, finalize it, save "
             "model.keras, convert it through LCE to model.tflite, benchmark it and write "
             "report.json, report.md and curves.png to --out."
         ),
@@ -42,6 +44,13 @@ def register(subparsers) -> None:
         "--learning-rate", type=positive_float, default=None, help="default: the method's"
     )
     p.add_argument(
+        "--finetune-epochs",
+        type=int_in(0, 9_999),
+        default=None,
+        help="tsq only: epochs of step 3 (fine-tuning with ternary kernels) out of --epochs "
+        "(default: a third, at least 1)",
+    )
+    p.add_argument(
         "--limit", type=int_in(8), default=None, help="train on the first N samples only (N >= 8)"
     )
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=defaults.seed)
@@ -65,6 +74,7 @@ def config_from_args(args: argparse.Namespace):
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        finetune_epochs=args.finetune_epochs,
         limit=args.limit,
         seed=args.seed,
         out=args.out,

@@ -26,7 +26,7 @@ from tfquant.models import finalize, summary
 
 __all__ = ["METHODS", "ARTIFACTS", "TrainConfig", "run", "check_config"]
 
-METHODS = ("md-tanh-s", "md-softmax-s", "binary-relax", "ste")
+METHODS = ("md-tanh-s", "md-softmax-s", "binary-relax", "ste", "tsq", "float")
 ARTIFACTS = ("model.keras", "model.tflite", "report.json", "report.md", "curves.png")
 
 
@@ -40,6 +40,7 @@ class TrainConfig:
     epochs: int = 2
     batch_size: int = 128
     learning_rate: float | None = None  # None: the method's default
+    finetune_epochs: int | None = None  # tsq: epochs of step 3 (None: epochs // 3, >= 1)
     limit: int | None = None  # use only the first `limit` training (and limit//4 test) samples
     seed: int = 0
     out: str = "runs/train"
@@ -62,6 +63,19 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
             raise ValueError(f"Expected {name} an integer in 1..{high}. Received: {name}={value!r}")
+    if config.finetune_epochs is not None:
+        if config.method != "tsq":
+            raise ValueError(
+                "Expected finetune_epochs only with method 'tsq' (TSQ's third stage). "
+                f"Received: finetune_epochs={config.finetune_epochs!r} with method "
+                f"{config.method!r}"
+            )
+        ft = config.finetune_epochs
+        if isinstance(ft, bool) or not isinstance(ft, int) or not 0 <= ft < config.epochs:
+            raise ValueError(
+                f"Expected finetune_epochs an integer in 0..epochs-1 = {config.epochs - 1} "
+                f"(step 1 needs an epoch). Received: finetune_epochs={ft!r}"
+            )
     if config.limit is not None and (
         isinstance(config.limit, bool) or not isinstance(config.limit, int) or config.limit < 8
     ):
@@ -128,10 +142,6 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
     return outputs
 
 
-# BinaryRelax relaxes a scaled binary quantizer (the paper's); the others train plain signs.
-_KERNEL_QUANTIZER = {"binary-relax": "scaled_sign"}
-
-
 def _method(config: TrainConfig, model: keras.Model) -> tuple[Any, list]:
     """(optimizer, callbacks) of the training method, for a model built for it."""
     lr = config.learning_rate
@@ -157,6 +167,14 @@ def _method(config: TrainConfig, model: keras.Model) -> tuple[Any, list]:
         )
         return keras.optimizers.Adam(lr or 1e-3), callbacks
     return keras.optimizers.Adam(lr or 1e-3), []
+
+
+def tsq_finetune_epochs(config: TrainConfig) -> int:
+    """Epochs of TSQ's step 3 for ``config``: ``finetune_epochs``, or by default a third of
+    the epochs (at least 1 when there are 2 or more; step 1 gets the rest)."""
+    if config.finetune_epochs is not None:
+        return config.finetune_epochs
+    return max(1, config.epochs // 3) if config.epochs >= 2 else 0
 
 
 def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -219,6 +237,23 @@ def _markdown(report: dict, summary_table: str, conversion_text: str) -> str:
         lines.append(
             f"| latency, LCE interpreter on this x86 CPU, 1 thread | {lat['median_ms']:.3f} ms |"
         )
+    if r.get("tsq"):
+        t = r["tsq"]
+        lines += [
+            "",
+            f"## TSQ: step 1 {t['code_epochs']} epoch(s), step 2 {t['step2_seconds']:.0f} s, "
+            f"step 3 {t['finetune_epochs']} epoch(s)",
+            "",
+            "Step 2's relative response reconstruction error per layer, from the optimal "
+            "ternary approximation of the float kernel (before) to the solved kernel (after):",
+            "",
+            "| layer | rows | error before | error after |",
+            "|---|---|---|---|",
+            *(
+                f"| {x['name']} | {x['rows']} | {x['error_before']:.4f} | {x['error_after']:.4f} |"
+                for x in t["layers"]
+            ),
+        ]
     lines += [
         "",
         "## Conversion",
@@ -280,31 +315,71 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
     keras.utils.set_random_seed(config.seed)
     model = zoo.build(
         config.model,
+        method=config.method,
         input_shape=xtr.shape[1:],
         classes=datasets.NUM_CLASSES[config.dataset],
-        kernel_quantizer=_KERNEL_QUANTIZER.get(config.method, "ste_sign"),
     )
-    optimizer, callbacks = _method(config, model)
     bn_data = xtr[: 20 * config.batch_size]
     # Keras validates the network as it trains (soft under mirror descent, with lagging
     # BatchNorm statistics); the curves also show the deployed one at every epoch. It only
     # measures: no epoch is chosen on the test set.
-    callbacks = [*callbacks, HardValidation((xte, yte), bn_data, batch_size=config.batch_size)]
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
+    hard_validation = HardValidation((xte, yte), bn_data, batch_size=config.batch_size)
     say(
         f"training {config.model} with {config.method} for {config.epochs} epoch(s) on {len(xtr)} samples"
     )
     start = time.perf_counter()
-    history = model.fit(
-        xtr,
-        ytr,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        validation_data=(xte, yte),
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    tsq_report = None
+    if config.method == "tsq":
+        from tfquant.methods import tsq
+
+        ft = tsq_finetune_epochs(config)
+        say(
+            f"TSQ: step 1 (codes, float kernels) {config.epochs - ft} epoch(s), step 2 "
+            f"(ternary kernels by response reconstruction), step 3 (fine-tuning) {ft} epoch(s)"
+        )
+        result = tsq.fit(
+            model,
+            xtr,
+            ytr,
+            code_epochs=config.epochs - ft,
+            finetune_epochs=ft,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate or 1e-3,
+            validation_data=(xte, yte),
+            callbacks=[hard_validation],
+            verbose=verbose,
+            seed=config.seed,
+        )
+        history = result.history
+        tsq_report = {
+            "code_epochs": result.epochs[0],
+            "finetune_epochs": result.epochs[1],
+            "step2_seconds": result.step2_seconds,
+            "layers": [
+                {
+                    "name": r.name,
+                    "rows": r.rows,
+                    "error_before": r.error_before,
+                    "error_after": r.error_after,
+                    "batchnorm_folded": r.folded,
+                }
+                for r in result.records
+            ],
+        }
+    else:
+        optimizer, callbacks = _method(config, model)
+        model.compile(
+            optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
+        history = model.fit(
+            xtr,
+            ytr,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            validation_data=(xte, yte),
+            callbacks=[*callbacks, hard_validation],
+            verbose=verbose,
+        ).history
     train_seconds = time.perf_counter() - start
 
     say("finalizing: exact quantized kernels, BatchNorm re-estimated on 20 training batches")
@@ -318,7 +393,7 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
         "test_accuracy": _accuracy(test_pred, yte),
         "test_samples": int(len(yte)),
         "train_seconds": train_seconds,
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "history": {k: [float(v) for v in vs] for k, vs in history.items()},
         "size": {
             "bitpacked_bytes": model_summary.memory_bytes,
             "float32_bytes": model_summary.float32_bytes,
@@ -350,7 +425,9 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
                 "conversion": conversion.as_dict(),
             }
         )
-    report["curves_png"] = _plot(history.history, stage("curves.png"))
+    if tsq_report is not None:
+        report["tsq"] = tsq_report
+    report["curves_png"] = _plot(history, stage("curves.png"))
     if not report["curves_png"]:
         outputs.unstage(out / "curves.png")
     stage("report.json")
