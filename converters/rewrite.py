@@ -735,8 +735,10 @@ def _exact_output_range(layer, consumers: dict) -> tuple[float, float] | None:
         exact = _activation_range(q)
         if exact is None or exact[2] or min(q.levels) != 0.0:
             return None
-        if isinstance(q, quantizers.SparseQuantizer) and (_code_grid(q) or (0, 0, "x"))[2]:
-            return None  # its first boundary is the threshold, not half a step
+        if isinstance(q, quantizers.SparseQuantizer):
+            grid = _code_grid(q)
+            if grid is None or grid[2]:
+                return None  # its first boundary is the threshold, not half a step
         n = len(q.levels) - 1
         if 255 % n:
             return None
@@ -855,29 +857,24 @@ def rewrite_model(
         elif plan.rewrite == "dense_as_bconv":
             new = BinaryDenseAsConv.from_layer(layer)
         else:
-            in_lo, in_hi, out_lo, out_hi = ranges[layer.name]
+            in_lo, in_hi = ranges[layer.name][:2]
             exact_in = _activation_range(layer.input_quantizer)
             in_range = exact_in if exact_in else (*_widen(in_lo, in_hi), False)
             if layer.name in code_readers:
                 u = _code_grid(layer.input_quantizer)[0]
                 in_range = (0.0, 255.0 * u, False)
             bn = folded.get(layer.name)
-            why = []
-            clip = None
+            clip, signs_only, out_why = None, False, None
             if layer.name in codes:
-                u, n, mismatch, _ = codes[layer.name]
+                u, n, out_why, _ = codes[layer.name]
                 out_range, clip = (0.0, 255.0 * u), n * u
-                signs_only = False
-                if mismatch:
-                    why.append(mismatch)
             else:
-                exact_out = _exact_output_range(layer, {layer.name: readers[layer.name]})
-                signs_only = exact_out is None and _only_signs_read(readers[layer.name])
-                if exact_out is None:
-                    out_lo, out_hi = ranges[(bn or layer).name][2:]
-                out_range = exact_out or _widen(out_lo, out_hi)
-                if exact_out is None and not signs_only:
-                    why.append("output requantized to a calibrated int8 range")
+                out_range = _exact_output_range(layer, {layer.name: readers[layer.name]})
+                signs_only = out_range is None and _only_signs_read(readers[layer.name])
+                if out_range is None:
+                    out_range = _widen(*ranges[(bn or layer).name][2:])
+                    if not signs_only:
+                        out_why = "output requantized to a calibrated int8 range"
             new = Int8Layer.from_layer(
                 layer,
                 in_range,
@@ -887,10 +884,15 @@ def rewrite_model(
                 output_clip=clip,
                 input_codes=layer.name in code_readers,
             )
-            if not new.exact:
-                why.insert(0, "weights are not on an int8 grid (run tfquant.finalize?)")
-            if exact_in is None:
-                why.insert(int(not new.exact), "float or scaled input (calibrated range)")
+            why = [
+                reason
+                for reason, applies in (
+                    ("weights are not on an int8 grid (run tfquant.finalize?)", not new.exact),
+                    ("float or scaled input (calibrated range)", exact_in is None),
+                    (out_why, out_why is not None),
+                )
+                if applies
+            ]
             plan.exact = not why
             if why:
                 approximate.append(f"{layer.name}: " + ", ".join(why))

@@ -41,6 +41,7 @@ References:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -900,8 +901,6 @@ def fit(
         ValueError: epochs out of range, no ternary layer, a ternary layer without an input
             quantizer, or bad step-2 options.
     """
-    import time
-
     code_epochs = _check_positive_int("code_epochs", code_epochs)
     if (
         isinstance(finetune_epochs, bool)
