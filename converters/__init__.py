@@ -9,7 +9,7 @@ limits (binary Dense, ternary / k-bit weights as exact int8), and
 (``UnsafeModelError``) unless ``unsafe=True``.
 """
 
-from tfquant.converters import bench, inspect, rewrite, safety, validate
+from tfquant.converters import bench, device, inspect, rewrite, safety, validate
 from tfquant.converters.lce import (
     ConversionError,
     ConversionReport,
@@ -35,6 +35,7 @@ __all__ = [
     "inspect",
     "rewrite",
     "bench",
+    "device",
     "safety",
     "validate",
 ]

@@ -1,12 +1,11 @@
-"""Latency of converted models: locally through LCE's interpreter or TFLite's (XNNPACK),
-and on a device through LCE's ``lce_benchmark_model`` (adb or ssh).
+"""Latency of converted models on this machine: LCE's interpreter or TFLite's (XNNPACK).
+On a device (ssh, adb), :mod:`tfquant.converters.device` runs LCE's ``lce_benchmark_model``.
 
 Example:
 
 >>> from tfquant.converters import bench
 >>> bench.local_latency(flatbuffer, threads=[1, 2])                       # doctest: +SKIP
 [{'runtime': 'lce', 'threads': 1, 'median_ms': 15.2, ...}, ...]
->>> bench.device_command("adb", "/data/local/tmp/m.tflite", threads=4)     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ __all__ = [
     "isolated_latency",
     "BenchTimeoutError",
     "tflite_latency",
-    "device_command",
-    "parse_benchmark_output",
 ]
 
 
@@ -270,51 +267,3 @@ def tflite_latency(
         timing = time_callable(interpreter.invoke, runs, warmup)
         results.append({"runtime": "tflite-xnnpack", "threads": int(n), **timing})
     return results
-
-
-def device_command(
-    via: str,
-    model_path: str,
-    threads: int = 1,
-    host: str | None = None,
-    binary: str = "/data/local/tmp/lce_benchmark_model",
-    extra: Sequence[str] = ("--use_indirect_bgemm=true",),
-) -> list[str]:
-    """The command that runs LCE's ``lce_benchmark_model`` on a device (``via="adb"``:
-    Android over adb; ``via="ssh"``: e.g. a Raspberry Pi, ``host`` required). The model
-    must already be on the device (``adb push m.tflite /data/local/tmp/``)."""
-    inner = [binary, f"--graph={model_path}", f"--num_threads={threads}", *extra]
-    if via == "adb":
-        return ["adb", "shell", *inner]
-    if via == "ssh":
-        if not host:
-            raise ValueError("Expected host for via='ssh'. Received: host=None")
-        return ["ssh", host, *inner]
-    raise ValueError(f"Expected via 'adb' or 'ssh'. Received: via={via!r}")
-
-
-_TIMINGS = re.compile(r"Inference timings in us: (.*)")
-
-
-def parse_benchmark_output(text: str) -> dict[str, float]:
-    """Parse ``lce_benchmark_model``'s last timing line into milliseconds, e.g.
-    ``{'init_ms': 1.47, 'first_ms': 41.7, 'warmup_ms': 32.5, 'inference_ms': 31.4}``.
-
-    Raises:
-        ValueError: no timing line in ``text``.
-    """
-    found = _TIMINGS.findall(text)
-    if not found:
-        raise ValueError("No 'Inference timings in us:' line in the benchmark output")
-    keys = {
-        "Init": "init_ms",
-        "First inference": "first_ms",
-        "Warmup (avg)": "warmup_ms",
-        "Inference (avg)": "inference_ms",
-    }
-    out = {}
-    for part in found[-1].split(","):
-        name, _, value = part.partition(":")
-        if name.strip() in keys:
-            out[keys[name.strip()]] = float(value) / 1000.0
-    return out

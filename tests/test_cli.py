@@ -52,8 +52,12 @@ def test_convert_writes_flatbuffer_report_and_summary(models, tmp_path):
         "bench", out, "--threads", "1", "--runs", "3", "--json", tmp_path / "b.json"
     )
     assert bench.returncode == 0, bench.stderr
-    assert "median" in bench.stdout
-    assert json.loads((tmp_path / "b.json").read_text())[0]["threads"] == 1
+    assert bench.stdout.splitlines()[0] == f"{out} on local"
+    assert bench.stdout.splitlines()[3].startswith("| model | 1 | - | - | ")  # no twin: "- | -"
+    data = json.loads((tmp_path / "b.json").read_text())
+    (row,) = data["rows"]
+    assert data["device"] == "local" and row["threads"] == 1 and row["runs"] == 3
+    assert 0 < row["min_ms"] <= row["median_ms"] and row["inference_ms"] == row["mean_ms"]
 
 
 def test_summary(models):

@@ -115,3 +115,53 @@ def test_finalize_takes_mirror_descent_softmax_argmax():
     expected = np.array([-1.0, 0.0, 1.0])[np.argmax(dual, axis=-1)]
     tfquant.finalize(model)
     np.testing.assert_array_equal(kernel.numpy(), expected)
+
+
+def test_float_twin_is_the_same_network_in_float():
+    from helpers import conv_bn_dense
+
+    from tfquant.models import float_twin
+
+    model = conv_bn_dense((6, 6, 2), 4, 3)
+    model.layers[1].moving_mean.assign(np.arange(4, dtype="float32") / 10)  # not the init
+    twin = float_twin(model)
+    assert [type(a).__name__ for a in twin.layers] == [type(a).__name__ for a in model.layers]
+    for layer in tfquant.models.quantized_layers(twin):
+        assert layer.input_quantizer is None and layer.kernel_quantizer is None
+    # A plain Keras network with the twin's weights computes the same thing: the twin has no
+    # quantizer anywhere, and its weights are the model's (latent kernels, BN statistics).
+    reference = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    named = {w.path.split("/", 1)[1]: w for w in model.weights if "gate" not in w.path}
+    reference.set_weights(twin.get_weights())
+    for w in twin.weights:
+        np.testing.assert_array_equal(w.numpy(), named[w.path.split("/", 1)[1]].numpy())
+    x = np.random.default_rng(0).normal(size=(5, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(
+        twin.predict(x, verbose=0), reference.predict(x, verbose=0), atol=1e-5
+    )
+    assert not np.allclose(twin.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-3)
+
+
+def test_float_twin_refuses_a_subclassed_model():
+    from tfquant.models import float_twin
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.QuantDense(2, kernel_quantizer="ste_sign")
+
+        def call(self, x):
+            return self.dense(x)
+
+    net = Net()
+    net(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match="Expected a Functional or Sequential model .* Net"):
+        float_twin(net)

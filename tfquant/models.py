@@ -11,7 +11,14 @@ import numpy as np
 from tfquant._keras import check_keras3, iter_layers, keras, tf
 from tfquant.layers import QuantizerMixin
 
-__all__ = ["LayerSummary", "ModelSummary", "summary", "finalize", "quantized_layers"]
+__all__ = [
+    "LayerSummary",
+    "ModelSummary",
+    "summary",
+    "finalize",
+    "quantized_layers",
+    "float_twin",
+]
 
 
 @dataclasses.dataclass
@@ -240,6 +247,43 @@ def finalize(
     if data is not None:
         reestimate_batchnorm(model, data, batch_size=batch_size, steps=steps)
     return model
+
+
+def float_twin(model: keras.Model) -> keras.Model:
+    """The same network in float: every tfquant layer without its quantizers, every other
+    layer as it is, the weights copied (kernels as stored, latent for a model not finalized).
+
+    The twin is what a quantized model is compared with for size and latency: the same
+    layers and shapes, every convolution and matmul in float32. It is not a trained float
+    model (its accuracy means nothing).
+
+    Raises:
+        ValueError: a subclassed model (no graph of layers to clone).
+    """
+    check_keras3(model)
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, QuantizerMixin):
+            config.update(input_quantizer=None, kernel_quantizer=None)
+            if "pad_values" in config:  # padding with ones only matters for sign inputs
+                config["pad_values"] = 0.0
+        return layer.__class__.from_config(config)
+
+    try:
+        twin = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except ValueError as e:
+        raise ValueError(
+            f"Expected a Functional or Sequential model to make a float twin of. "
+            f"Received: {type(model).__name__} ({e})"
+        ) from None
+    for source, target in zip(_leaf_layers(model), _leaf_layers(twin)):
+        by_name = {w.name: w for w in source.weights}
+        for w in target.weights:
+            match = by_name.get(w.name)
+            if match is not None and tuple(match.shape) == tuple(w.shape):
+                w.assign(match)
+    return twin
 
 
 def reestimate_batchnorm(
