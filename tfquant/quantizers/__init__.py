@@ -542,3 +542,10 @@ def get(identifier: Any) -> Quantizer | None:
         "Expected a quantizer: None, a string alias, a config dict or a "
         f"tfquant.quantizers.Quantizer. Received: {identifier!r} of type {type(identifier).__name__}"
     )
+
+
+# CPQ lives in its own module (it imports Quantizer from here).
+from tfquant.quantizers.cpq import CPQQuantizer, cpq_quantize  # noqa: E402
+
+register_alias("cpq", CPQQuantizer)
+__all__ += ["CPQQuantizer", "cpq_quantize"]

@@ -1,0 +1,647 @@
+r"""Cluster-Promoting Quantization (CPQ) with DropBits and learned bit-widths.
+
+The pure functions below carry the math (shared/CPQ.md, referenced as §n); the class
+:class:`CPQQuantizer` holds the learned grid step :math:`\alpha`, the logistic noise scale
+:math:`\sigma` and the hard-concrete bit gates, and is registered as ``"cpq"``.
+
+* **Grid** (§1, RQ): integer codes :math:`k \in [k_{min}, k_{max}]`, :math:`2^b` of them
+  (signed :math:`\{-2^{b-1}, \dots, 2^{b-1}-1\}`, unsigned :math:`\{0, \dots, 2^b-1\}`), grid
+  points :math:`g_k = \alpha k`, offset :math:`\beta = 0`.
+* **Categorical** (§1, RQ eqs. 2-4 with Algorithm 1's fuzz :math:`\epsilon`), with
+  :math:`c(e) = \operatorname{sigmoid}((e - x)/\sigma)`:
+
+  \\[ \pi_k(x) = \frac{c(g_k + \alpha/2) - c(g_k - \alpha/2) + \epsilon}
+      {c(g_{max} + \alpha/2) - c(g_{min} - \alpha/2) + K\epsilon} \\]
+
+* **Forward** (§2): the mode of :math:`\pi`, which is the nearest grid point (ties to the lower
+  code), :math:`\hat x = \alpha\,\operatorname{clip}(\lceil x/\alpha - \tfrac12\rceil,
+  k_{min}, k_{max})`. It is computed in this closed form, not by an argmax over
+  :math:`\pi`: the two agree in exact arithmetic, but in float32 :math:`\pi` underflows to the
+  uniform fuzz far outside the grid, where an argmax would pick :math:`k_{min}`.
+* **Backward** (§3): the multi-class STE, :math:`\partial y/\partial \pi = I`:
+
+  \\[ \frac{\partial \hat x}{\partial x} = \sum_k g_k \frac{\partial \pi_k}{\partial x},\quad
+      \frac{\partial \hat x}{\partial \alpha} = k^* + \sum_k g_k
+      \frac{\partial \pi_k}{\partial \alpha},\quad
+      \frac{\partial \hat x}{\partial \sigma} = \sum_k g_k
+      \frac{\partial \pi_k}{\partial \sigma} \\]
+
+* **Bit levels** (§4): codes are grouped into levels (rings) :math:`j = 1..b` so that keeping
+  levels :math:`1..j` leaves a valid :math:`j`-bit grid. Scheme ``"A"`` drops range (most
+  significant bits), scheme ``"B"`` drops resolution (least significant bits). A level weight
+  :math:`w_j \ge 0` (nested, :math:`w_1 = 1`) multiplies the probabilities of level
+  :math:`j`'s codes: :math:`\tilde\pi_k = \pi_k w_{r(k)} / \sum_i \pi_i w_{r(i)}`; the forward
+  is the nearest code among the levels with :math:`w_j > 0`, and the STE runs through
+  :math:`\tilde\pi`. DropBits' Bernoulli masks and the hard-concrete gates are such weights.
+
+References:
+    J. H. Lee, J. Yun, S. J. Hwang, E. Yang, "Cluster-Promoting Quantization with Bit-Drop for
+    Minimizing Network Quantization Loss", ICCV 2021 (arXiv 2109.02100).
+    C. Louizos, M. Reisser, T. Blankevoort, E. Gavves, M. Welling, "Relaxed Quantization for
+    Discretized Neural Networks", ICLR 2019 (arXiv 1810.01875).
+    C. Louizos, M. Welling, D. P. Kingma, "Learning Sparse Neural Networks through L0
+    Regularization", ICLR 2018 (the hard-concrete gate).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tfquant._keras import keras, tf
+from tfquant.quantizers import Quantizer
+
+__all__ = [
+    "CPQQuantizer",
+    "cpq_quantize",
+    "cpq_probabilities",
+    "code_range",
+    "bit_levels",
+    "hard_concrete_sample",
+    "hard_concrete_gate",
+    "hard_concrete_nonzero",
+    "HARD_CONCRETE",
+]
+
+SCHEMES = ("A", "B")
+BIT_COSTS = ("bits", "elements")
+#: The hard-concrete constants (beta, gamma, zeta) of Louizos, Welling, Kingma 2018 (§5).
+HARD_CONCRETE = (2.0 / 3.0, -0.1, 1.1)
+_GATE_SNAP = 10.0  # |log a| that finalize() writes: the test-time gate is then exactly 0 or 1
+_U_EPS = 1e-6  # the uniform noise of the gates is drawn from (eps, 1 - eps)
+
+
+# ----------------------------------------------------------------- grid and levels
+def code_range(bits: int, signed: bool = True) -> tuple[int, int]:
+    """The integer codes ``(k_min, k_max)`` of a ``bits``-bit grid (§1).
+
+    >>> code_range(2), code_range(2, signed=False)
+    ((-2, 1), (0, 3))
+    """
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def bit_levels(codes, bits: int, signed: bool = True, scheme: str = "A") -> tf.Tensor:
+    r"""The level (ring) :math:`r(k) \in 1..b` of each integer code (§4), as int32.
+
+    * ``"A"`` (range drop): level :math:`j` is the :math:`j`-bit grid minus the
+      :math:`(j-1)`-bit one; signed 3 bits: ``{-1, 0}: 1, {-2, 1}: 2, {-4, -3, 2, 3}: 3``;
+      unsigned: ``{0, 1}: 1, {2, 3}: 2, {4..7}: 3``.
+    * ``"B"`` (resolution drop): :math:`r(k) = b - \nu(k)` with :math:`\nu` the number of
+      trailing zero bits of :math:`k` (at most :math:`b - 1`); signed 3 bits:
+      ``{-4, 0}: 1, {-2, 2}: 2, odd: 3``. Dropping level :math:`b` leaves step :math:`2\alpha`.
+
+    >>> bit_levels([-4, -3, -2, -1, 0, 1, 2, 3], 3).numpy().tolist()
+    [3, 3, 2, 1, 1, 2, 3, 3]
+    >>> bit_levels([-4, -3, -2, -1, 0, 1, 2, 3], 3, scheme="B").numpy().tolist()
+    [1, 3, 2, 3, 1, 3, 2, 3]
+    """
+    k = tf.cast(codes, tf.int32)
+    level = tf.ones_like(k)
+    if scheme == "A":
+        m = tf.where(k < 0, -k - 1, k) if signed else k
+        first = 0 if signed else 1  # signed: m >= 1, 2, 4, ...; unsigned: k >= 2, 4, ...
+        for i in range(first, first + bits - 1):
+            level += tf.cast(m >= 2**i, tf.int32)
+        return level
+    level = tf.fill(tf.shape(k), bits)
+    for i in range(1, bits):
+        level -= tf.cast(tf.math.floormod(k, 2**i) == 0, tf.int32)
+    return level
+
+
+def _nested_active(level_weights: tf.Tensor) -> tf.Tensor:
+    """Number of active levels (1 + consecutive levels 2.. with weight > 0), float."""
+    on = tf.cast(level_weights[..., 1:] > 0, level_weights.dtype)
+    return 1.0 + tf.reduce_sum(tf.math.cumprod(on, axis=-1), axis=-1)
+
+
+def _forward_codes(x, alpha, bits, signed, scheme, level_weights):
+    """The chosen integer code k* (as x.dtype): nearest active code, ties to the lower one."""
+    t = x / alpha
+    if level_weights is None:
+        lo, hi = code_range(bits, signed)
+        # + 0.0 turns ceil's -0.0 into +0.0
+        return tf.clip_by_value(tf.math.ceil(t - 0.5), float(lo), float(hi)) + 0.0
+    j = _nested_active(tf.cast(level_weights, x.dtype))  # broadcasts against x
+    half = tf.pow(tf.constant(2.0, x.dtype), j - 1.0)
+    lo, hi = (-half, half - 1.0) if signed else (tf.zeros_like(half), 2.0 * half - 1.0)
+    step = tf.pow(tf.constant(2.0, x.dtype), bits - j) if scheme == "B" else 1.0
+    return step * tf.clip_by_value(tf.math.ceil(t / step - 0.5), lo, hi) + 0.0
+
+
+# ----------------------------------------------------------------- the categorical
+def _as(value, dtype) -> tf.Tensor:
+    # convert_to_tensor first: tf.cast(0.1, float64) would round 0.1 through float32
+    return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
+
+
+def _window(k_star, bits, signed, local_grid):
+    """Codes the backward pass sums over, and their validity (None: all valid)."""
+    lo, hi = code_range(bits, signed)
+    if local_grid is None or 2**bits <= 2 * local_grid + 1:
+        return tf.constant(np.arange(lo, hi + 1), k_star.dtype), None
+    offsets = tf.constant(np.arange(-local_grid, local_grid + 1), k_star.dtype)
+    codes = tf.stop_gradient(k_star)[..., None] + offsets
+    return codes, tf.logical_and(codes >= lo, codes <= hi)
+
+
+def _logistic_mass(z_lo, z_hi):
+    """sigmoid(z_hi) - sigmoid(z_lo) for z_lo <= z_hi without cancellation: where the
+    interval lies right of 0 (the input below the bin) as sigmoid(-z_lo) - sigmoid(-z_hi), so
+    both terms are small. In float32, 1 - 1 would leave rounding noise of the size of the
+    fuzz, and its gradient blows up in the normalisation."""
+    # Clipped at +-40 (sigmoid(-40) = 4e-18): compiled graphs may evaluate the sigmoid's
+    # gradient as e^-z / (1 + e^-z)^2, which is inf / inf = NaN in float32 beyond ~44.
+    z_lo = tf.clip_by_value(z_lo, -40.0, 40.0)
+    z_hi = tf.clip_by_value(z_hi, -40.0, 40.0)
+    right = z_lo > 0
+    return tf.where(
+        right,
+        tf.sigmoid(-z_lo) - tf.sigmoid(-z_hi),
+        tf.sigmoid(z_hi) - tf.sigmoid(z_lo),
+    )
+
+
+def cpq_probabilities(
+    x,
+    alpha,
+    sigma,
+    bits: int = 2,
+    signed: bool = True,
+    fuzz: float = 0.0,
+    codes=None,
+    valid=None,
+) -> tf.Tensor:
+    r"""RQ's truncated categorical :math:`\pi_k(x)` over the grid (§1), on a new last axis.
+
+    Args:
+        x: inputs.
+        alpha, sigma: grid step and logistic noise scale (positive scalars).
+        bits, signed: the grid.
+        fuzz: :math:`\epsilon` added to every bin mass (RQ Algorithm 1).
+        codes: the integer codes to evaluate, broadcastable against ``x[..., None]``; ``None``
+            for the whole grid (last axis of length :math:`2^b`).
+        valid: optional boolean mask of ``codes`` inside the grid (RQ's local grid); invalid
+            codes get probability 0. The normaliser is always the full truncated range.
+
+    Example (CPQ.md §10.1):
+
+    >>> p = cpq_probabilities([0.3], 1.0, 0.25, bits=2, fuzz=0.0)
+    >>> [round(float(v), 6) for v in p[0]]
+    [0.000738, 0.038736, 0.656174, 0.304351]
+    """
+    x = tf.convert_to_tensor(x)
+    dtype = x.dtype if x.dtype.is_floating else tf.float32
+    x = tf.cast(x, dtype)
+    alpha, sigma = _as(alpha, dtype), _as(sigma, dtype)
+    lo, hi = code_range(bits, signed)
+    if codes is None:
+        codes = tf.constant(np.arange(lo, hi + 1), dtype)
+    codes = tf.cast(codes, dtype)
+    xe = x[..., None]
+
+    def mass_between(lower, upper):
+        return _logistic_mass((alpha * lower - xe) / sigma, (alpha * upper - xe) / sigma)
+
+    mass = mass_between(codes - 0.5, codes + 0.5) + fuzz
+    if valid is not None:
+        mass = tf.where(valid, mass, tf.zeros_like(mass))
+    total = mass_between(lo - 0.5, hi + 0.5)
+    # the floor only matters where every mass underflows (|x| > ~85 sigma beyond the grid)
+    floor = np.finfo(dtype.as_numpy_dtype).tiny
+    return mass / tf.maximum(total + (2**bits) * fuzz, floor)
+
+
+def _soft_code(x, alpha, sigma, k_star, bits, signed, scheme, fuzz, local_grid, level_weights):
+    r""":math:`\sum_k k\,\tilde\pi_k`, the smoothed staircase the STE differentiates."""
+    codes, valid = _window(k_star, bits, signed, local_grid)
+    pi = cpq_probabilities(x, alpha, sigma, bits, signed, fuzz, codes, valid)
+    if level_weights is not None:
+        onehot = tf.one_hot(bit_levels(codes, bits, signed, scheme) - 1, bits, dtype=x.dtype)
+        lw = tf.cast(level_weights, x.dtype)[..., None, :]  # (..., 1, bits)
+        pi = pi * tf.reduce_sum(lw * onehot, axis=-1)
+        floor = np.finfo(x.dtype.as_numpy_dtype).tiny  # all masses underflowed: pi = 0
+        pi = pi / tf.maximum(tf.reduce_sum(pi, axis=-1, keepdims=True), floor)
+    return tf.reduce_sum(pi * codes, axis=-1)
+
+
+def cpq_quantize(
+    x,
+    alpha,
+    sigma,
+    bits: int = 2,
+    signed: bool = True,
+    *,
+    level_weights=None,
+    scheme: str = "A",
+    fuzz: float = 0.0,
+    local_grid: int | None = 4,
+) -> tf.Tensor:
+    r"""CPQ: the mode of RQ's categorical forward, the multi-class STE backward (§2-§3).
+
+    \\[ \hat x = \alpha k^*,\quad k^* = \operatorname{clip}(\lceil x/\alpha - \tfrac12\rceil,
+        k_{min}, k_{max}),\qquad
+        \frac{\partial \hat x}{\partial \theta} = k^* 1_{\theta = \alpha}
+        + \sum_k \alpha k \frac{\partial \tilde\pi_k}{\partial \theta} \\]
+
+    i.e. the gradients of ``stop_gradient(y_hard - pi) + pi`` contracted with
+    :math:`g_k = \alpha k` (§3), written with ``tf.custom_gradient`` for
+    :math:`\theta \in \{x, \alpha, \sigma, w\}`.
+
+    Args:
+        x: the tensor to quantize.
+        alpha: grid step, a positive scalar (tensor).
+        sigma: logistic noise scale, a positive scalar (tensor).
+        bits: 1 to 8.
+        signed: signed (weights) or unsigned (post-ReLU activations) grid.
+        level_weights: ``None`` or nested non-negative weights of the bit levels 1..``bits``
+            (``[..., 0]`` = 1), broadcastable against ``x.shape + (bits,)``: DropBits masks
+            times gates. Level ``j`` and all above it are dropped from the forward where
+            ``w_j = 0``; the backward uses :math:`\tilde\pi` and gives ``level_weights`` a
+            gradient.
+        scheme: ``"A"`` or ``"B"``, how codes are grouped into levels (:func:`bit_levels`).
+        fuzz: RQ's :math:`\epsilon`.
+        local_grid: the backward sums over the ``2 local_grid + 1`` codes around
+            :math:`k^*` when the grid has more codes than that (RQ's local grid, §1, with a
+            fixed window in codes instead of :math:`\delta\sigma`: a static shape);
+            ``None`` for the whole grid. Memory is O(size(x) x codes summed).
+
+    Example (the STE slope at a decision boundary, CPQ.md §10.3):
+
+    >>> x = tf.constant([0.3, 0.5, 0.7])
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(x)
+    ...     y = cpq_quantize(x, 1.0, 0.1, bits=2)
+    >>> y.numpy().tolist(), round(float(tape.gradient(y, x)[1]), 3)
+    ([0.0, 0.0, 1.0], 2.5)
+    """
+    x = tf.convert_to_tensor(x)
+    alpha, sigma = _as(alpha, x.dtype), _as(sigma, x.dtype)
+    extra = [] if level_weights is None else [_as(level_weights, x.dtype)]
+
+    @tf.custom_gradient
+    def _call(x, alpha, sigma, *extra):
+        lw = extra[0] if extra else None
+        k_star = _forward_codes(x, alpha, bits, signed, scheme, lw)
+
+        def grad(dy):
+            inputs = [x, alpha, sigma, *extra]
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                soft = _soft_code(
+                    x, alpha, sigma, k_star, bits, signed, scheme, fuzz, local_grid, lw
+                )
+            grads = tape.gradient(
+                soft,
+                inputs,
+                output_gradients=dy * tf.stop_gradient(alpha),
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            # the direct term of g_k = alpha k: d(alpha k*)/d alpha = k* (§3)
+            grads[1] = grads[1] + tf.reduce_sum(dy * k_star)
+            return grads
+
+        return alpha * k_star, grad
+
+    return _call(x, alpha, sigma, *extra)
+
+
+# ----------------------------------------------------------------- hard-concrete gates
+def hard_concrete_sample(log_a, u) -> tf.Tensor:
+    r"""A hard-concrete gate sample (§5) for uniform noise ``u`` in (0, 1):
+    :math:`s = \operatorname{sigmoid}((\log u - \log(1-u) + \log a)/\beta)`,
+    :math:`z = \operatorname{clip}(s(\zeta - \gamma) + \gamma, 0, 1)`.
+
+    >>> hard_concrete_sample(0.0, 0.5).numpy().round(6)
+    0.5
+    """
+    beta, gamma, zeta = HARD_CONCRETE
+    log_a = tf.convert_to_tensor(log_a, tf.float32)
+    u = tf.cast(u, log_a.dtype)
+    s = tf.sigmoid((tf.math.log(u) - tf.math.log1p(-u) + log_a) / beta)
+    return tf.clip_by_value(s * (zeta - gamma) + gamma, 0.0, 1.0)
+
+
+def hard_concrete_gate(log_a) -> tf.Tensor:
+    r"""The deterministic (test-time) gate :math:`\operatorname{clip}(\operatorname{sigmoid}
+    (\log a)(\zeta - \gamma) + \gamma, 0, 1)` (§5).
+
+    >>> hard_concrete_gate([-10.0, 0.0, 10.0]).numpy().round(6).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    _, gamma, zeta = HARD_CONCRETE
+    log_a = tf.convert_to_tensor(log_a, tf.float32)
+    return tf.clip_by_value(tf.sigmoid(log_a) * (zeta - gamma) + gamma, 0.0, 1.0)
+
+
+def hard_concrete_nonzero(log_a) -> tf.Tensor:
+    r""":math:`P(z \ne 0) = \operatorname{sigmoid}(\log a - \beta \log(-\gamma/\zeta))`
+    (§5), differentiable in :math:`\log a`."""
+    beta, gamma, zeta = HARD_CONCRETE
+    log_a = tf.convert_to_tensor(log_a, tf.float32)
+    return tf.sigmoid(log_a - beta * math.log(-gamma / zeta))
+
+
+# ----------------------------------------------------------------- the quantizer
+def _check_positive(name: str, value: Any) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating))
+    if not (ok and math.isfinite(value) and value > 0):
+        raise ValueError(f"Expected {name} a finite number > 0. Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_number(name: str, value: Any, expected: str, ok) -> float:
+    valid = not isinstance(value, bool) and isinstance(value, (int, float, np.floating))
+    if not (valid and math.isfinite(value) and ok(value)):
+        raise ValueError(f"Expected {name} {expected}. Received: {name}={value!r}")
+    return float(value)
+
+
+@keras.utils.register_keras_serializable(package="tfquant")
+class CPQQuantizer(Quantizer):
+    r"""Cluster-Promoting Quantization with DropBits and learned bit-widths (alias ``"cpq"``).
+
+    Forward: the nearest point of the grid :math:`\alpha\{k_{min}, \dots, k_{max}\}` (the mode
+    of RQ's categorical, ties to the lower code); backward: the multi-class STE through the
+    categorical, giving gradients to the input, :math:`\alpha` and :math:`\sigma`
+    (:func:`cpq_quantize`). Weights near a grid point get a small gradient, weights near a
+    decision boundary a large one, which clusters them on the grid.
+
+    **Variables** (created in ``__init__``, as they do not depend on the input shape, so the
+    layer using this quantizer holds them, saved and checkpointed, before its first call;
+    a quantizer building them on first call would not be built when Keras loads a model):
+    ``log_alpha`` and ``log_sigma``, trainable scalars; :math:`\alpha = e^{\log\alpha}`,
+    :math:`\sigma = e^{\log\sigma}` stay positive by this log parametrisation, so their
+    variables' gradients are §3's times :math:`\alpha` and :math:`\sigma`. ``bit_gates``
+    (for ``bits > 1``): the hard-concrete :math:`\log a_j` of the droppable levels
+    :math:`j = 2..b`, trainable when ``learn_bits``.
+
+    **DropBits** (§4, training only): per element and per level :math:`j \ge 2` a Bernoulli
+    keep :math:`m_j \sim B(1 - p)`, nested (dropping level :math:`j` drops every level above),
+    so code :math:`k` survives with probability :math:`(1-p)^{r(k)-1}`. The forward is the
+    nearest surviving code and the STE runs through the renormalised
+    :math:`\tilde\pi`. At inference nothing is dropped and the output is deterministic.
+
+    **Learned bit-widths** (§5, ``learn_bits=True``): one hard-concrete gate per droppable
+    level; in training a gate sample :math:`z_j` (one per level per call) multiplies the
+    level weights, nested (:math:`Z_j = \prod_{i \le j} z_i`), a level with :math:`Z_j = 0`
+    is dropped from the forward, and the STE gives :math:`\log a` a gradient through
+    :math:`\tilde\pi`. The loss :math:`\lambda_b \sum_j P(z_j \ne 0)\,c_j` is added with
+    ``add_loss`` in training calls. :meth:`learned_bits` reads off :math:`1 +` the number of
+    consecutive open test-time gates; :meth:`finalize` fixes it. Outside training (and
+    when not learning) the test-time gates apply; they start open (``gate_init``).
+
+    ``precision`` is :meth:`learned_bits` (``bits`` unless gates closed); ``levels`` are the
+    integer codes of the active grid, ``scaled = True`` (output = level times the learned
+    :math:`\alpha`; after scheme ``"B"`` drops the levels are the coarser codes, e.g.
+    ``(-4, -2, 0, 2)``).
+
+    Args:
+        bits: 1 to 8. Above 4 bits the backward sums over a local grid (``local_grid``).
+        signed: ``True``: codes :math:`\{-2^{b-1}, \dots, 2^{b-1}-1\}` (weights);
+            ``False``: :math:`\{0, \dots, 2^b - 1\}` (post-ReLU activations; INFERRED,
+            CPQ.md §1, from RQ's "grid that starts from zero").
+        alpha: the initial grid step :math:`\alpha > 0` (default 1.0; set it to the scale of
+            the tensor, e.g. :math:`\max|w| / 2^{b-1}` (CPQ.md §6), the paper's is UNKNOWN).
+        sigma: the initial noise scale :math:`\sigma > 0`, or ``None`` for :math:`\alpha/3`
+            (INFERRED, CPQ.md §1, a third party's note; RQ's rule is unavailable). The
+            resolved value is stored.
+        dropbits: ``"A"`` (default; INFERRED, CPQ.md §4 primary hypothesis: range / MSB
+            drop), ``"B"`` (resolution / LSB drop) or ``None`` (no DropBits, no gates).
+            CPQ applies DropBits to weights only (SECONDARY, §4); pass ``None`` for an
+            ``input_quantizer`` to follow it.
+        drop_rate: per-level drop probability :math:`p \in [0, 1)`; INFERRED default 0.1
+            (CPQ.md §4 suggests 0.05-0.2; the paper's value is UNKNOWN). 0 keeps the levels
+            (e.g. for gates without random drops).
+        learn_bits: learn the bit-width with hard-concrete gates (needs ``dropbits``).
+        bit_penalty: :math:`\lambda_b \ge 0`, the weight of the gate regulariser (INFERRED
+            default 1e-3; UNKNOWN in the paper).
+        bit_cost: the cost :math:`c_j` of a level: ``"bits"`` (1 per level, default) or
+            ``"elements"`` (the quantized tensor's size: memory); INFERRED, CPQ.md §5.
+        gate_init: initial :math:`\log a` (default 3.0, INFERRED: test-time gates open,
+            :math:`P(z \ne 0) \approx 0.99`).
+        fuzz: RQ's :math:`\epsilon \ge 0` (default 0, INFERRED; RQ's value is not
+            given). RQ needs it against 0/0; here the masses are computed without
+            cancellation and the normaliser has a floor, so it is not needed, and any
+            :math:`\epsilon > 0` puts a spurious, wrong-signed STE slope where the total
+            mass falls to about :math:`2^b\epsilon`, some :math:`\sigma\ln(1/\epsilon)`
+            beyond the grid ends.
+        local_grid: half-width in codes of the backward's window when
+            :math:`2^b > 2\,` ``local_grid`` :math:`+ 1` (default 4: full grid up to 3 bits,
+            9 codes from 4 bits); ``None`` for the whole grid. INFERRED, RQ §2.2 uses
+            :math:`\pm\delta\sigma`; a fixed window keeps shapes static.
+        seed: seed of DropBits' and the gates' noise.
+
+    Raises:
+        ValueError: for bits outside 1..8, non-positive alpha or sigma, a drop rate outside
+            [0, 1), an unknown scheme or bit cost, a negative penalty or fuzz, a bad
+            local_grid, or ``learn_bits`` without ``dropbits``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> q = tfquant.quantizers.get("cpq")
+    >>> q(np.array([-3.0, -0.5, 0.5, 0.7, 2.0], "float32")).numpy().tolist()
+    [-2.0, -1.0, 0.0, 1.0, 1.0]
+    >>> q.precision, q.levels, q.learned_bits()
+    (2, (-2.0, -1.0, 0.0, 1.0), 2)
+    """
+
+    scaled = True
+
+    def __init__(
+        self,
+        bits: int = 2,
+        signed: bool = True,
+        alpha: float = 1.0,
+        sigma: float | None = None,
+        dropbits: str | None = "A",
+        drop_rate: float = 0.1,
+        learn_bits: bool = False,
+        bit_penalty: float = 1e-3,
+        bit_cost: str = "bits",
+        gate_init: float = 3.0,
+        fuzz: float = 0.0,
+        local_grid: int | None = 4,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
+            raise ValueError(f"Expected bits an integer in [1, 8]. Received: bits={bits!r}")
+        self.bits = int(bits)
+        self.signed = bool(signed)
+        self.alpha = _check_positive("alpha", alpha)
+        self.sigma = _check_positive("sigma", self.alpha / 3.0 if sigma is None else sigma)
+        if dropbits not in (*SCHEMES, None):
+            raise ValueError(
+                f"Expected dropbits in {SCHEMES} or None. Received: dropbits={dropbits!r}"
+            )
+        self.dropbits = dropbits
+        self.drop_rate = _check_number("drop_rate", drop_rate, "in [0, 1)", lambda v: 0 <= v < 1)
+        if learn_bits and dropbits is None:
+            raise ValueError(
+                "Expected dropbits 'A' or 'B' with learn_bits=True (the gates act on the "
+                f"DropBits levels). Received: dropbits=None, learn_bits={learn_bits!r}"
+            )
+        self.learn_bits = bool(learn_bits)
+        self.bit_penalty = _check_number("bit_penalty", bit_penalty, ">= 0", lambda v: v >= 0)
+        if bit_cost not in BIT_COSTS:
+            raise ValueError(f"Expected bit_cost in {BIT_COSTS}. Received: bit_cost={bit_cost!r}")
+        self.bit_cost = bit_cost
+        self.gate_init = _check_number("gate_init", gate_init, "a finite number", lambda v: True)
+        self.fuzz = _check_number("fuzz", fuzz, ">= 0", lambda v: v >= 0)
+        if local_grid is not None and (
+            isinstance(local_grid, bool)
+            or not isinstance(local_grid, (int, np.integer))
+            or local_grid < 1
+        ):
+            raise ValueError(
+                f"Expected local_grid an integer >= 1 or None. Received: local_grid={local_grid!r}"
+            )
+        self.local_grid = None if local_grid is None else int(local_grid)
+        self.seed = seed
+        kwargs.setdefault("trainable", True)
+        super().__init__(**kwargs)
+        self.log_alpha = self.add_weight(
+            name="log_alpha",
+            shape=(),
+            dtype="float32",
+            initializer=keras.initializers.Constant(math.log(self.alpha)),
+            trainable=True,
+        )
+        self.log_sigma = self.add_weight(
+            name="log_sigma",
+            shape=(),
+            dtype="float32",
+            initializer=keras.initializers.Constant(math.log(self.sigma)),
+            trainable=True,
+        )
+        self.bit_gates = None
+        if self.bits > 1:
+            self.bit_gates = self.add_weight(
+                name="bit_gates",
+                shape=(self.bits - 1,),
+                dtype="float32",
+                initializer=keras.initializers.Constant(self.gate_init),
+                trainable=self.learn_bits,
+            )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    # -------------------------------------------------------------- read-outs
+    def _open_gates(self) -> int:
+        if self.bit_gates is None:
+            return 0
+        z = hard_concrete_gate(self.bit_gates.numpy()).numpy()
+        return int(np.cumprod(z > 0).sum())
+
+    def learned_bits(self) -> int:
+        """The deterministic bit-width: 1 + the number of consecutive open test-time gates
+        (``bits`` while the gates are at their open initial value)."""
+        return 1 + self._open_gates()
+
+    def finalize(self) -> int:
+        """Fix the bit-width at :meth:`learned_bits`: snap the gates to exactly open or
+        closed, stop learning them (no sampling, no regulariser, not trainable). ``bits``
+        stays the size of the grid the variables describe; ``precision`` and ``levels``
+        give the fixed width. Returns the bit-width."""
+        learned = self.learned_bits()
+        if self.bit_gates is not None:
+            values = [_GATE_SNAP if j < learned - 1 else -_GATE_SNAP for j in range(self.bits - 1)]
+            self.bit_gates.assign(np.asarray(values, np.float32))
+            self.bit_gates.trainable = False
+        self.learn_bits = False
+        return learned
+
+    @property
+    def precision(self) -> int:  # type: ignore[override]
+        return self.learned_bits()
+
+    @property
+    def levels(self) -> tuple[float, ...]:  # type: ignore[override]
+        j = self.learned_bits()
+        lo, hi = code_range(j, self.signed)
+        step = 2 ** (self.bits - j) if self.dropbits == "B" else 1
+        return tuple(float(step * k) for k in range(lo, hi + 1))
+
+    @property
+    def alpha_value(self) -> float:
+        """The current learned grid step."""
+        return float(np.exp(self.log_alpha.numpy()))
+
+    @property
+    def sigma_value(self) -> float:
+        """The current learned noise scale."""
+        return float(np.exp(self.log_sigma.numpy()))
+
+    # -------------------------------------------------------------- forward
+    def _level_weights(self, x, training: bool):
+        """Nested level weights (…, bits) or None for the plain full grid."""
+        if self.bit_gates is None:
+            return None
+        log_a = tf.cast(self.bit_gates, x.dtype)
+        if training and self.learn_bits:
+            u = keras.random.uniform(
+                (self.bits - 1,), _U_EPS, 1.0 - _U_EPS, seed=self.seed_generator
+            )
+            z = hard_concrete_sample(log_a, u)
+        else:
+            z = hard_concrete_gate(log_a)
+        # nested gates Z_j = z_1 ... z_j by explicit products: tf.math.cumprod's gradient
+        # divides by its input, NaN where a gate is exactly 0
+        z = tf.unstack(tf.cast(z, x.dtype))
+        products = [z[0]]
+        for gate in z[1:]:
+            products.append(products[-1] * gate)
+        weights = tf.stack(products)  # (bits - 1,)
+        if training and self.dropbits is not None and self.drop_rate > 0:
+            shape = tf.concat([tf.shape(x), [self.bits - 1]], axis=0)
+            u = keras.random.uniform(shape, seed=self.seed_generator)
+            keep = tf.cast(u >= self.drop_rate, x.dtype)
+            weights = tf.math.cumprod(keep, axis=-1) * weights
+        ones = tf.ones_like(weights[..., :1])
+        return tf.concat([ones, weights], axis=-1)
+
+    def _bit_regulariser(self, x):
+        nonzero = hard_concrete_nonzero(self.bit_gates)
+        cost = 1.0 if self.bit_cost == "bits" else tf.cast(tf.size(x), nonzero.dtype)
+        return self.bit_penalty * cost * tf.reduce_sum(nonzero)
+
+    def call(self, inputs, training=None):
+        x = tf.convert_to_tensor(inputs)
+        if not x.dtype.is_floating:
+            x = tf.cast(x, self.compute_dtype)
+        training = bool(training)
+        if training and self.learn_bits and self.bit_penalty > 0:
+            self.add_loss(self._bit_regulariser(x))
+        return cpq_quantize(
+            x,
+            tf.exp(tf.cast(self.log_alpha, x.dtype)),
+            tf.exp(tf.cast(self.log_sigma, x.dtype)),
+            self.bits,
+            self.signed,
+            level_weights=self._level_weights(x, training),
+            scheme=self.dropbits or "A",
+            fuzz=self.fuzz,
+            local_grid=self.local_grid,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bits": self.bits,
+            "signed": self.signed,
+            "alpha": self.alpha,
+            "sigma": self.sigma,
+            "dropbits": self.dropbits,
+            "drop_rate": self.drop_rate,
+            "learn_bits": self.learn_bits,
+            "bit_penalty": self.bit_penalty,
+            "bit_cost": self.bit_cost,
+            "gate_init": self.gate_init,
+            "fuzz": self.fuzz,
+            "local_grid": self.local_grid,
+            "seed": self.seed,
+        }
