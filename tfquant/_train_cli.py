@@ -17,7 +17,9 @@ def register(subparsers) -> None:
         help="train a zoo network on real data, finalize, save, convert and benchmark it",
         description=(
             "Train a network from the zoo with a method (binary: ste, md-*, binary-relax; "
-            "ternary weights on 2-bit codes: tsq; float: the reference) on an offline "
+            "ternary weights on 2-bit codes: tsq; k-bit weights and activations: cpq (with "
+            "DropBits and, with --learn-bits, learned per-layer widths), dorefa; float: the "
+            "reference) on an offline "
             "dataset, finalize it, save "
             "model.keras, convert it through LCE to model.tflite, benchmark it and write "
             "report.json, report.md and curves.png to --out."
@@ -51,6 +53,26 @@ def register(subparsers) -> None:
         "(default: a third, at least 1)",
     )
     p.add_argument(
+        "--bits",
+        type=int_in(1, 8),
+        default=None,
+        help="cpq, dorefa: bits of the hidden layers' weights and activations, 1..8 "
+        "(default: 3 for cpq, 2 for dorefa)",
+    )
+    p.add_argument(
+        "--learn-bits",
+        action="store_true",
+        help="cpq: learn each layer's weight bit-width (hard-concrete gates on DropBits' "
+        "levels), starting at --bits; the report lists them",
+    )
+    p.add_argument(
+        "--dropbits",
+        choices=("A", "B", "none"),
+        default="A",
+        help="cpq: DropBits scheme, A (drop the grid's outer range, default), B (drop its "
+        "resolution) or none",
+    )
+    p.add_argument(
         "--limit", type=int_in(8), default=None, help="train on the first N samples only (N >= 8)"
     )
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=defaults.seed)
@@ -75,6 +97,9 @@ def config_from_args(args: argparse.Namespace):
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         finetune_epochs=args.finetune_epochs,
+        bits=args.bits,
+        learn_bits=args.learn_bits,
+        dropbits=args.dropbits,
         limit=args.limit,
         seed=args.seed,
         out=args.out,

@@ -214,7 +214,9 @@ def finalize(
     """Make every quantized kernel exactly its quantized value, then re-estimate BatchNorm.
 
     If the model's optimizer has a ``hard_quantize()`` method (``tfquant.MirrorDescent``), it
-    is called first. Each tfquant layer's kernel ``w`` then becomes ``Q(w)`` and its forward gate is set to 0 (the
+    is called first, then each quantizer's own ``finalize()`` where it has one
+    (``CPQQuantizer``: the learned bit-width is fixed). Each tfquant layer's kernel ``w``
+    then becomes ``Q(w)`` and its forward gate is set to 0 (the
     forward pass uses the stored kernel as it is), so a saved model holds the deployed
     weights and ``model(x)`` is the hard-quantized network.
     Given ``data``, BatchNorm moving statistics are recomputed as the exact average over the
@@ -236,6 +238,12 @@ def finalize(
         # An optimizer that keeps its own state of the quantized weights (MirrorDescent's
         # simplex for the softmax map) knows their hard values better than Q(kernel).
         optimizer.hard_quantize()
+    for layer in quantized_layers(model):
+        # Quantizers with a learned precision (CPQ's bit-width gates) fix it first, so the
+        # kernel below is quantized on the final grid.
+        for q in (layer.input_quantizer, layer.kernel_quantizer):
+            if callable(getattr(q, "finalize", None)):
+                q.finalize()
     for layer in quantized_layers(model):
         if layer.kernel_quantizer is None:
             continue

@@ -26,7 +26,10 @@ from tfquant.models import finalize, summary
 
 __all__ = ["METHODS", "ARTIFACTS", "TrainConfig", "run", "check_config"]
 
-METHODS = ("md-tanh-s", "md-softmax-s", "binary-relax", "ste", "tsq", "float")
+METHODS = ("md-tanh-s", "md-softmax-s", "binary-relax", "ste", "tsq", "cpq", "dorefa", "float")
+# methods whose weights and activations take --bits, and their default
+BITS_METHODS = {"cpq": 3, "dorefa": 2}
+DROPBITS = ("A", "B", "none")
 ARTIFACTS = ("model.keras", "model.tflite", "report.json", "report.md", "curves.png")
 
 
@@ -41,6 +44,9 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float | None = None  # None: the method's default
     finetune_epochs: int | None = None  # tsq: epochs of step 3 (None: epochs // 3, >= 1)
+    bits: int | None = None  # cpq, dorefa: bits of weights and activations (None: 3, 2)
+    learn_bits: bool = False  # cpq: learn each layer's weight bit-width, starting at `bits`
+    dropbits: str = "A"  # cpq: DropBits scheme "A" (range), "B" (resolution) or "none"
     limit: int | None = None  # use only the first `limit` training (and limit//4 test) samples
     seed: int = 0
     out: str = "runs/train"
@@ -76,6 +82,30 @@ def check_config(config: TrainConfig) -> None:
                 f"Expected finetune_epochs an integer in 0..epochs-1 = {config.epochs - 1} "
                 f"(step 1 needs an epoch). Received: finetune_epochs={ft!r}"
             )
+    if config.bits is not None:
+        if config.method not in BITS_METHODS:
+            raise ValueError(
+                f"Expected bits only with method {' or '.join(BITS_METHODS)}. Received: "
+                f"bits={config.bits!r} with method {config.method!r}"
+            )
+        b = config.bits
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
+            raise ValueError(f"Expected bits an integer in 1..8. Received: bits={b!r}")
+    if config.learn_bits and config.method != "cpq":
+        raise ValueError(
+            f"Expected learn_bits only with method 'cpq'. Received: method {config.method!r}"
+        )
+    if config.dropbits not in DROPBITS:
+        raise ValueError(f"Expected dropbits in {DROPBITS}. Received: {config.dropbits!r}")
+    if config.dropbits != "A" and config.method != "cpq":
+        raise ValueError(
+            f"Expected dropbits only with method 'cpq'. Received: method {config.method!r}"
+        )
+    if config.learn_bits and config.dropbits == "none":
+        raise ValueError(
+            "Expected a DropBits scheme (A or B) with learn_bits: the gates act on its levels. "
+            "Received: dropbits='none'"
+        )
     if config.limit is not None and (
         isinstance(config.limit, bool) or not isinstance(config.limit, int) or config.limit < 8
     ):
@@ -169,6 +199,38 @@ def _method(config: TrainConfig, model: keras.Model) -> tuple[Any, list]:
     return keras.optimizers.Adam(lr or 1e-3), []
 
 
+def method_options(config: TrainConfig) -> dict[str, Any]:
+    """``zoo.build``'s ``method_options`` for ``config`` (bits, DropBits, learned bits)."""
+    if config.method == "cpq":
+        return {
+            "bits": config.bits or BITS_METHODS["cpq"],
+            "dropbits": None if config.dropbits == "none" else config.dropbits,
+            "learn_bits": config.learn_bits,
+        }
+    if config.method == "dorefa":
+        return {"bits": config.bits or BITS_METHODS["dorefa"]}
+    return {}
+
+
+def layer_bits(model: keras.Model) -> list[dict[str, Any]]:
+    """Each quantized layer's weight and input bits (32: float), and CPQ's learned grid
+    steps: what the report lists."""
+    from tfquant.models import quantized_layers
+
+    rows = []
+    for layer in quantized_layers(model):
+        row: dict[str, Any] = {
+            "layer": layer.name,
+            "weight_bits": layer.kernel_precision,
+            "input_bits": layer.input_precision,
+        }
+        for role, q in (("weight", layer.kernel_quantizer), ("input", layer.input_quantizer)):
+            if hasattr(q, "alpha_value"):
+                row[f"{role}_alpha"] = q.alpha_value
+        rows.append(row)
+    return rows
+
+
 def tsq_finetune_epochs(config: TrainConfig) -> int:
     """Epochs of TSQ's step 3 for ``config``: ``finetune_epochs``, or by default a third of
     the epochs (at least 1 when there are 2 or more; step 1 gets the rest)."""
@@ -254,6 +316,22 @@ def _markdown(report: dict, summary_table: str, conversion_text: str) -> str:
                 for x in t["layers"]
             ),
         ]
+    if r.get("layer_bits"):
+        lines += [
+            "",
+            "## Bits per layer" + (" (learned)" if r["config"].get("learn_bits") else ""),
+            "",
+            "| layer | weight bits | input bits | weight step | input step |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {x['layer']} | {x['weight_bits']} | {x['input_bits']} | "
+                + " | ".join(
+                    f"{x[k]:.4g}" if k in x else "-" for k in ("weight_alpha", "input_alpha")
+                )
+                + " |"
+                for x in r["layer_bits"]
+            ),
+        ]
     lines += [
         "",
         "## Conversion",
@@ -316,6 +394,7 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
     model = zoo.build(
         config.model,
         method=config.method,
+        method_options=method_options(config),
         input_shape=xtr.shape[1:],
         classes=datasets.NUM_CLASSES[config.dataset],
     )
@@ -427,6 +506,7 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
         )
     if tsq_report is not None:
         report["tsq"] = tsq_report
+    report["layer_bits"] = layer_bits(model)
     report["curves_png"] = _plot(history, stage("curves.png"))
     if not report["curves_png"]:
         outputs.unstage(out / "curves.png")

@@ -37,8 +37,27 @@ def _tsq_quantizers():
     )
 
 
-# method -> () -> (input quantizer, kernel quantizer) of the hidden convolutions
-METHOD_QUANTIZERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+def _cpq_quantizers(bits: int = 3, dropbits: str | None = "A", learn_bits: bool = False):
+    # CPQ (CPQ.md): unsigned codes for the (BN output) inputs, signed codes for the kernels,
+    # each grid's step set from its first training batch (alpha=None). DropBits and the
+    # learned bit-widths act on the weights only (CPQ.md 4, 5: SECONDARY).
+    return (
+        quantizers.CPQQuantizer(bits, signed=False, alpha=None, dropbits=None),
+        quantizers.CPQQuantizer(
+            bits, signed=True, alpha=None, dropbits=dropbits, learn_bits=learn_bits
+        ),
+    )
+
+
+def _dorefa_quantizers(bits: int = 2):
+    return (
+        quantizers.UniformQuantizer(bits, mode="activation"),
+        quantizers.UniformQuantizer(bits, mode="weight"),
+    )
+
+
+# method -> (**options) -> (input quantizer, kernel quantizer) of the hidden convolutions
+METHOD_QUANTIZERS: dict[str, Callable[..., tuple[Any, Any]]] = {
     "ste": lambda: ("ste_sign", "ste_sign"),
     "md-tanh-s": lambda: ("ste_sign", "ste_sign"),
     "md-softmax-s": lambda: ("ste_sign", "ste_sign"),
@@ -49,16 +68,34 @@ METHOD_QUANTIZERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     # (step 0.6508), where int8 export is bit-exact; the released AlexNet's 0.32 lies 0.005
     # below it and exports with a band (0.32, 0.3244] rounded the other way (TSQ.md 2.4, 8).
     "tsq": _tsq_quantizers,
+    # CPQ with DropBits (options bits=3, dropbits="A" | "B" | None, learn_bits=False)
+    "cpq": _cpq_quantizers,
+    # DoReFa-Net's k-bit activations and weights with STE (option bits=2): CPQ's baseline
+    "dorefa": _dorefa_quantizers,
     "float": lambda: (None, None),
 }
 
 
-def quantizers_for(method: str) -> tuple[quantizers.Quantizer | None, quantizers.Quantizer | None]:
+def quantizers_for(
+    method: str, **options: Any
+) -> tuple[quantizers.Quantizer | None, quantizers.Quantizer | None]:
     """Fresh ``(input_quantizer, kernel_quantizer)`` of the hidden convolutions for a training
-    method (see :data:`METHOD_QUANTIZERS`); ``(None, None)`` for ``"float"``."""
+    method (see :data:`METHOD_QUANTIZERS`); ``(None, None)`` for ``"float"``. ``options`` go
+    to the method's factory: ``bits`` for ``"cpq"`` and ``"dorefa"``, ``dropbits`` and
+    ``learn_bits`` for ``"cpq"``."""
     if method not in METHOD_QUANTIZERS:
         raise ValueError(f"Unknown method {method!r}. Expected one of {sorted(METHOD_QUANTIZERS)}.")
-    inp, kernel = METHOD_QUANTIZERS[method]()
+    factory = METHOD_QUANTIZERS[method]
+    try:
+        inp, kernel = factory(**options)
+    except TypeError:
+        import inspect
+
+        accepted = sorted(inspect.signature(factory).parameters)
+        raise ValueError(
+            f"Expected options of method {method!r} among {accepted or 'none'}. "
+            f"Received: {sorted(options)}"
+        ) from None
     return quantizers.get(inp), quantizers.get(kernel)
 
 
@@ -67,17 +104,27 @@ def _is_sign(quantizer) -> bool:
     return q is not None and tuple(q.levels or ()) == (-1.0, 1.0)
 
 
+def _fresh(quantizer):
+    """A new quantizer per layer (a quantizer with weights, CPQ's grid, must not be shared)."""
+    q = quantizers.get(quantizer)
+    if q is None:
+        return None
+    config = quantizers.serialize(q)
+    config["config"] = {k: v for k, v in config["config"].items() if k != "name"}  # unique names
+    return quantizers.get(config)
+
+
 def _qconv(filters: int, input_quantizer, kernel_quantizer, name: str):
     """A hidden 3x3 convolution. Sign inputs pad with ones (LCE's fast path); other inputs
     pad with zeros; without an input quantizer a ReLU is the nonlinearity before it."""
-    input_quantizer = quantizers.get(input_quantizer)
+    input_quantizer = _fresh(input_quantizer)
     conv = QuantConv2D(
         filters,
         3,
         padding="same",
         pad_values=1.0 if _is_sign(input_quantizer) else 0.0,
         input_quantizer=input_quantizer,
-        kernel_quantizer=quantizers.get(kernel_quantizer),
+        kernel_quantizer=_fresh(kernel_quantizer),
         use_bias=False,
         name=name,
     )
@@ -156,9 +203,12 @@ def bireal_cnn(
 MODELS: dict[str, Callable[..., keras.Model]] = {"binary_cnn": binary_cnn, "bireal_cnn": bireal_cnn}
 
 
-def build(name: str, method: str | None = None, **kwargs) -> keras.Model:
+def build(
+    name: str, method: str | None = None, method_options: dict | None = None, **kwargs
+) -> keras.Model:
     """Build a zoo model by name; ``method`` (a key of :data:`METHOD_QUANTIZERS`) chooses
-    its ``input_quantizer`` and ``kernel_quantizer`` (not to be passed with it).
+    its ``input_quantizer`` and ``kernel_quantizer`` (not to be passed with it), with
+    ``method_options`` (e.g. ``{"bits": 3}`` for ``"cpq"``).
 
     >>> model = build("binary_cnn", method="tsq", input_shape=(8, 8, 1))
     >>> [type(q).__name__ for q in (model.get_layer("s0_conv0").input_quantizer,
@@ -174,5 +224,9 @@ def build(name: str, method: str | None = None, **kwargs) -> keras.Model:
                 f"Expected either method= or {' and '.join(clash)}=, not both. Received "
                 f"method={method!r} and {clash}"
             )
-        kwargs["input_quantizer"], kwargs["kernel_quantizer"] = quantizers_for(method)
+        kwargs["input_quantizer"], kwargs["kernel_quantizer"] = quantizers_for(
+            method, **(method_options or {})
+        )
+    elif method_options:
+        raise ValueError(f"Expected method_options only with a method. Received: {method_options}")
     return MODELS[name](**kwargs)

@@ -405,7 +405,11 @@ class CPQQuantizer(Quantizer):
             ``False``: :math:`\{0, \dots, 2^b - 1\}` (post-ReLU activations; INFERRED,
             CPQ.md §1, from RQ's "grid that starts from zero").
         alpha: the initial grid step :math:`\alpha > 0` (default 1.0; set it to the scale of
-            the tensor, e.g. :math:`\max|w| / 2^{b-1}` (CPQ.md §6), the paper's is UNKNOWN).
+            the tensor, e.g. :math:`\max|w| / 2^{b-1}` (CPQ.md §6), the paper's is UNKNOWN),
+            or ``None``: set from the first training batch to
+            :math:`2\,\mathrm{mean}|x| / \sqrt{q_{max}}` (LSQ's initial step; INFERRED, CPQ's
+            initialisation is UNKNOWN), as ``tfquant.zoo``'s ``"cpq"`` method does. Until
+            then (and in inference before any training) alpha is 1.
         sigma: the initial noise scale :math:`\sigma > 0`, or ``None`` for :math:`\alpha/3`
             (INFERRED, CPQ.md §1, a third party's note; RQ's rule is unavailable). The
             resolved value is stored.
@@ -456,7 +460,7 @@ class CPQQuantizer(Quantizer):
         self,
         bits: int = 2,
         signed: bool = True,
-        alpha: float = 1.0,
+        alpha: float | None = 1.0,
         sigma: float | None = None,
         dropbits: str | None = "A",
         drop_rate: float = 0.1,
@@ -473,7 +477,9 @@ class CPQQuantizer(Quantizer):
             raise ValueError(f"Expected bits an integer in [1, 8]. Received: bits={bits!r}")
         self.bits = int(bits)
         self.signed = bool(signed)
-        self.alpha = _check_positive("alpha", alpha)
+        self.auto_alpha = alpha is None
+        self.alpha = 1.0 if alpha is None else _check_positive("alpha", alpha)
+        self.auto_sigma = sigma is None
         self.sigma = _check_positive("sigma", self.alpha / 3.0 if sigma is None else sigma)
         if dropbits not in (*SCHEMES, None):
             raise ValueError(
@@ -518,6 +524,16 @@ class CPQQuantizer(Quantizer):
             dtype="float32",
             initializer=keras.initializers.Constant(math.log(self.sigma)),
             trainable=True,
+        )
+        # 1 once alpha is set from data (alpha=None), saved with the model so that a loaded
+        # or resumed model keeps its learned alpha.
+        self.alpha_initialized = self.add_weight(
+            name="alpha_initialized",
+            shape=(),
+            dtype="float32",
+            initializer="zeros" if self.auto_alpha else "ones",
+            trainable=False,
+            aggregation="only_first_replica",
         )
         self.bit_gates = None
         if self.bits > 1:
@@ -604,6 +620,25 @@ class CPQQuantizer(Quantizer):
         ones = tf.ones_like(weights[..., :1])
         return tf.concat([ones, weights], axis=-1)
 
+    def _init_alpha(self, x):
+        """alpha=None: on the first training call, alpha = 2 mean|x| / sqrt(q_max) (LSQ's
+        initial step, Esser et al. 2020; q_max the largest code's magnitude), sigma = alpha/3
+        unless given. A no-op once done."""
+        q_max = max(abs(c) for c in code_range(self.bits, self.signed))
+        mean_abs = tf.reduce_mean(tf.abs(tf.cast(x, tf.float32)))
+        alpha = tf.maximum(2.0 * mean_abs / math.sqrt(max(q_max, 1)), 1e-6)
+
+        def assign():
+            ops = [self.log_alpha.assign(tf.math.log(alpha))]
+            if self.auto_sigma:
+                ops.append(self.log_sigma.assign(tf.math.log(alpha / 3.0)))
+            with tf.control_dependencies(ops):
+                return self.alpha_initialized.assign(1.0)
+
+        return tf.cond(
+            self.alpha_initialized > 0.5, lambda: tf.identity(self.alpha_initialized), assign
+        )
+
     def _bit_regulariser(self, x):
         nonzero = hard_concrete_nonzero(self.bit_gates)
         cost = 1.0 if self.bit_cost == "bits" else tf.cast(tf.size(x), nonzero.dtype)
@@ -614,6 +649,9 @@ class CPQQuantizer(Quantizer):
         if not x.dtype.is_floating:
             x = tf.cast(x, self.compute_dtype)
         training = bool(training)
+        if training and self.auto_alpha:
+            with tf.control_dependencies([self._init_alpha(x)]):
+                x = tf.identity(x)
         if training and self.learn_bits and self.bit_penalty > 0:
             self.add_loss(self._bit_regulariser(x))
         return cpq_quantize(
@@ -633,8 +671,8 @@ class CPQQuantizer(Quantizer):
             **super().get_config(),
             "bits": self.bits,
             "signed": self.signed,
-            "alpha": self.alpha,
-            "sigma": self.sigma,
+            "alpha": None if self.auto_alpha else self.alpha,
+            "sigma": None if self.auto_sigma else self.sigma,
             "dropbits": self.dropbits,
             "drop_rate": self.drop_rate,
             "learn_bits": self.learn_bits,
