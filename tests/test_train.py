@@ -11,6 +11,8 @@ from tfquant import datasets
 from tfquant.train import METHODS
 
 LIMIT = 256
+# Options a method is run with here: cpq learns its widths (the longest path through it).
+EXTRA = {"cpq": ["--bits", "3", "--learn-bits"], "dorefa": ["--bits", "2"]}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -31,6 +33,7 @@ def test_train_each_method_end_to_end(tmp_path, method):
         "--out",
         str(out),
         "-q",
+        *EXTRA.get(method, []),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("model.keras", "model.tflite", "report.json", "report.md", "curves.png"):
@@ -46,6 +49,16 @@ def test_train_each_method_end_to_end(tmp_path, method):
         assert [x["name"] for x in steps["layers"]] == names
         assert all(x["error_after"] <= x["error_before"] for x in steps["layers"])
         assert "Step 2's relative response reconstruction error" in (out / "report.md").read_text()
+    elif method in ("cpq", "dorefa"):  # k-bit weights on k-bit codes: int8 kernels
+        assert became == ["int8"] * 6 and "LceBconv2d" not in report["conversion"]["ops"]
+        bits = report["layer_bits"]
+        assert [x["layer"] for x in bits] == [x["name"] for x in report["conversion"]["layers"]]
+        if method == "cpq":
+            assert all(1 <= x["weight_bits"] <= 3 and x["input_bits"] == 3 for x in bits)
+            assert all(x["weight_alpha"] > 0 and x["input_alpha"] > 0 for x in bits)
+            assert "## Bits per layer (learned)" in (out / "report.md").read_text()
+        else:
+            assert all(x["weight_bits"] == x["input_bits"] == 2 for x in bits)
     elif method == "float":  # the reference: no quantizer anywhere
         assert set(became) == {"float"} and "LceBconv2d" not in report["conversion"]["ops"]
         assert report["size"]["compression"] == pytest.approx(1.0)
@@ -83,6 +96,13 @@ def test_train_each_method_end_to_end(tmp_path, method):
         ({"limit": 4}, "Received: limit=4"),
         ({"finetune_epochs": 1}, "only with method 'tsq'"),
         ({"method": "tsq", "epochs": 2, "finetune_epochs": 2}, "in 0..epochs-1 = 1"),
+        ({"bits": 3}, "Expected bits only with method cpq or dorefa"),
+        ({"method": "cpq", "bits": 9}, "Expected bits an integer in 1..8. Received: bits=9"),
+        ({"method": "dorefa", "bits": 0}, "Received: bits=0"),
+        ({"method": "dorefa", "learn_bits": True}, "learn_bits only with method 'cpq'"),
+        ({"method": "cpq", "dropbits": "C"}, "Expected dropbits in ('A', 'B', 'none')"),
+        ({"dropbits": "B"}, "dropbits only with method 'cpq'"),
+        ({"method": "cpq", "learn_bits": True, "dropbits": "none"}, "with learn_bits"),
     ],
 )
 def test_bad_config_is_refused_before_any_work(tmp_path, field, expected):

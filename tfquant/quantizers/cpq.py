@@ -525,6 +525,17 @@ class CPQQuantizer(Quantizer):
             initializer=keras.initializers.Constant(math.log(self.sigma)),
             trainable=True,
         )
+        self.bit_gates = None
+        if self.bits > 1:
+            self.bit_gates = self.add_weight(
+                name="bit_gates",
+                shape=(self.bits - 1,),
+                dtype="float32",
+                initializer=keras.initializers.Constant(self.gate_init),
+                trainable=self.learn_bits,
+            )
+        # Created after bit_gates: Keras saves trainable then non-trainable variables in
+        # creation order, and bit_gates turns non-trainable when finalized.
         # 1 once alpha is set from data (alpha=None), saved with the model so that a loaded
         # or resumed model keeps its learned alpha.
         self.alpha_initialized = self.add_weight(
@@ -535,15 +546,6 @@ class CPQQuantizer(Quantizer):
             trainable=False,
             aggregation="only_first_replica",
         )
-        self.bit_gates = None
-        if self.bits > 1:
-            self.bit_gates = self.add_weight(
-                name="bit_gates",
-                shape=(self.bits - 1,),
-                dtype="float32",
-                initializer=keras.initializers.Constant(self.gate_init),
-                trainable=self.learn_bits,
-            )
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     # -------------------------------------------------------------- read-outs
