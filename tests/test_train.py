@@ -144,3 +144,42 @@ def test_refuses_a_previous_run_and_keeps_the_users_files(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "notes.txt").read_text() == "mine"  # only tfquant's artifacts are replaced
     assert (out / "model.keras").read_bytes()[:2] == b"PK"  # a real .keras zip now
+
+
+def _png_tree(root, sizes=((16, 16),) * 3, per_class=12):
+    """Three classes of PNG images whose brightness says the class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, size in enumerate(sizes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(60 + 70 * c, 10, (*size, 3)), 0, 255).astype("uint8")
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_train_on_an_image_folder(tmp_path):
+    data = _png_tree(tmp_path / "images")
+    out = tmp_path / "run"
+    proc = _tfquant(
+        "train", "--data-dir", data, "--image-size", "16,16", "--augment",
+        "--validation-split", "0.25", "--model", "binary_cnn", "--method", "ste",
+        "--epochs", "2", "--batch-size", "8", "--out", out, "-q",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["data_dir"] == str(data) and report["test_samples"] == 9
+    assert report["conversion"]["ops"]["LceBconv2d"] == 4
+    assert report["test_accuracy"] > 0.5  # three brightness classes: easy even in 2 epochs
+    assert f"binary_cnn on {data}" in (out / "report.md").read_text()
+
+    mixed = _png_tree(tmp_path / "mixed", sizes=((16, 16), (16, 16), (20, 16)), per_class=3)
+    proc = _tfquant("train", "--data-dir", mixed, "--out", tmp_path / "o2", "-q")
+    assert proc.returncode == 2 and "--image-size" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "o2").exists()  # nothing left behind
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    proc = _tfquant("train", "--data-dir", tmp_path / "one", "--out", tmp_path / "o3", "-q")
+    assert proc.returncode == 2 and "error:" in proc.stderr and not (tmp_path / "o3").exists()
+    proc = _tfquant("train", "--augment", "--out", tmp_path / "o4", "-q")
+    assert proc.returncode == 2 and "only with data_dir" in proc.stderr

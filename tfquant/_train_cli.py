@@ -73,6 +73,29 @@ def register(subparsers) -> None:
         "resolution) or none",
     )
     p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="train on an image-folder tree (one sub-folder of images per class) instead of "
+        "--dataset; a --validation-split of it is held out and evaluated",
+    )
+    p.add_argument(
+        "--image-size",
+        metavar="H,W",
+        help="with --data-dir: resize every image to H,W (default: the images' own size, "
+        "which must then be one size)",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="with --data-dir: random horizontal flips and shifts of up to 1/8 of the size",
+    )
+    p.add_argument(
+        "--validation-split",
+        type=positive_float,
+        default=defaults.validation_split,
+        help=f"with --data-dir: held-out fraction, in (0, 1) (default {defaults.validation_split})",
+    )
+    p.add_argument(
         "--limit", type=int_in(8), default=None, help="train on the first N samples only (N >= 8)"
     )
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=defaults.seed)
@@ -101,6 +124,10 @@ def config_from_args(args: argparse.Namespace):
         learn_bits=args.learn_bits,
         dropbits=args.dropbits,
         limit=args.limit,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        augment=args.augment,
+        validation_split=args.validation_split,
         seed=args.seed,
         out=args.out,
         overwrite=args.overwrite,

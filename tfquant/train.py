@@ -48,6 +48,10 @@ class TrainConfig:
     learn_bits: bool = False  # cpq: learn each layer's weight bit-width, starting at `bits`
     dropbits: str = "A"  # cpq: DropBits scheme "A" (range), "B" (resolution) or "none"
     limit: int | None = None  # use only the first `limit` training (and limit//4 test) samples
+    data_dir: str | None = None  # an image-folder tree (one folder per class) instead of dataset
+    image_size: str | None = None  # data_dir: "H,W" to resize to (None: the images' own size)
+    augment: bool = False  # data_dir: random flips and shifts of the training images
+    validation_split: float = 0.1  # data_dir: the held-out fraction the report evaluates on
     seed: int = 0
     out: str = "runs/train"
     overwrite: bool = False
@@ -57,7 +61,20 @@ class TrainConfig:
 
 def check_config(config: TrainConfig) -> None:
     """Raise ValueError naming what was expected and what was received."""
-    if config.dataset not in datasets.DATASETS:
+    if config.data_dir is None and (config.image_size is not None or config.augment):
+        raise ValueError(
+            "Expected image_size and augment only with data_dir (an image-folder tree). "
+            f"Received: image_size={config.image_size!r}, augment={config.augment!r}"
+        )
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        raise ValueError(
+            f"Expected data_dir an existing directory with one folder per class. Received: "
+            f"{config.data_dir!r}"
+        )
+    vs = config.validation_split
+    if isinstance(vs, bool) or not isinstance(vs, (int, float)) or not 0 < vs < 1:
+        raise ValueError(f"Expected validation_split in (0, 1). Received: {vs!r}")
+    if config.data_dir is None and config.dataset not in datasets.DATASETS:
         raise ValueError(
             f"Unknown dataset {config.dataset!r}. Expected one of {sorted(datasets.DATASETS)}."
         )
@@ -276,7 +293,8 @@ def _markdown(report: dict, summary_table: str, conversion_text: str) -> str:
     r = report
     lat = r.get("latency_ms")
     lines = [
-        f"# tfquant train: {r['config']['model']} on {r['config']['dataset']} ({r['config']['method']})",
+        f"# tfquant train: {r['config']['model']} on "
+        f"{r['config'].get('data_dir') or r['config']['dataset']} ({r['config']['method']})",
         "",
         "| metric | value |",
         "|---|---|",
@@ -385,27 +403,57 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     say = (lambda m: print(f"[tfquant train] {m}", flush=True)) if verbose else (lambda m: None)
 
-    say(f"loading {config.dataset}")
-    (xtr, ytr), (xte, yte) = datasets.load(config.dataset)
-    if config.limit:
-        xtr, ytr = xtr[: config.limit], ytr[: config.limit]
-        xte, yte = xte[: max(config.limit // 4, 8)], yte[: max(config.limit // 4, 8)]
     keras.utils.set_random_seed(config.seed)
+    train_data = None  # a tf.data pipeline (data_dir) instead of the arrays xtr, ytr
+    if config.data_dir is not None:
+        say(f"reading the image folders in {config.data_dir}")
+        folder = datasets.image_folder(
+            config.data_dir,
+            config.image_size,
+            batch_size=config.batch_size,
+            validation_split=config.validation_split,
+            seed=config.seed,
+            augment=config.augment,
+        )
+        train_data = folder.train
+        if config.limit:
+            train_data = train_data.take(math.ceil(config.limit / config.batch_size))
+        # Evaluation, BatchNorm re-estimation and calibration read arrays: the held-out
+        # split, and 20 training batches (TSQ's stages read all training data as arrays).
+        xte, yte = datasets.to_numpy(
+            folder.validation, max(config.limit // 4, 8) if config.limit else None
+        )
+        if config.method == "tsq":
+            xtr, ytr = datasets.to_numpy(train_data)
+            train_data = None
+        else:
+            xtr, ytr = datasets.to_numpy(train_data, 20 * config.batch_size)
+        input_shape, classes = folder.input_shape, len(folder.class_names)
+        say(
+            f"{folder.train_size} training and {folder.validation_size} held-out images, "
+            f"{classes} classes, {input_shape[0]}x{input_shape[1]}x{input_shape[2]}"
+        )
+    else:
+        say(f"loading {config.dataset}")
+        (xtr, ytr), (xte, yte) = datasets.load(config.dataset)
+        if config.limit:
+            xtr, ytr = xtr[: config.limit], ytr[: config.limit]
+            xte, yte = xte[: max(config.limit // 4, 8)], yte[: max(config.limit // 4, 8)]
+        input_shape, classes = xtr.shape[1:], datasets.NUM_CLASSES[config.dataset]
     model = zoo.build(
         config.model,
         method=config.method,
         method_options=method_options(config),
-        input_shape=xtr.shape[1:],
-        classes=datasets.NUM_CLASSES[config.dataset],
+        input_shape=input_shape,
+        classes=classes,
     )
     bn_data = xtr[: 20 * config.batch_size]
     # Keras validates the network as it trains (soft under mirror descent, with lagging
     # BatchNorm statistics); the curves also show the deployed one at every epoch. It only
     # measures: no epoch is chosen on the test set.
     hard_validation = HardValidation((xte, yte), bn_data, batch_size=config.batch_size)
-    say(
-        f"training {config.model} with {config.method} for {config.epochs} epoch(s) on {len(xtr)} samples"
-    )
+    samples = f"{len(xtr)} samples" if train_data is None else f"{config.data_dir}"
+    say(f"training {config.model} with {config.method} for {config.epochs} epoch(s) on {samples}")
     start = time.perf_counter()
     tsq_report = None
     if config.method == "tsq":
@@ -450,11 +498,13 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
         model.compile(
             optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
         )
+        if train_data is not None:  # the pipeline shuffles (and augments) itself
+            fit_data: dict[str, Any] = {"x": train_data, "shuffle": False}
+        else:
+            fit_data = {"x": xtr, "y": ytr, "batch_size": config.batch_size}
         history = model.fit(
-            xtr,
-            ytr,
+            **fit_data,
             epochs=config.epochs,
-            batch_size=config.batch_size,
             validation_data=(xte, yte),
             callbacks=[*callbacks, hard_validation],
             verbose=verbose,
