@@ -70,6 +70,8 @@ class LayerReport:
         rewrite: the rewrite applied before LCE, if any.
         exact: for int8 layers, whether every weight and input level is an exact code.
         reason: why the layer did not become its declared kernel, where it did not.
+        weight_bits, input_bits: the kernel's and the input's precision as planned (32 for
+            float; a learned one, e.g. ``CPQQuantizer.learned_bits()``, as it is now).
     """
 
     name: str
@@ -80,6 +82,8 @@ class LayerReport:
     rewrite: str | None = None
     exact: bool | None = None
     reason: str | None = None
+    weight_bits: int | None = None
+    input_bits: int | None = None
 
 
 @dataclasses.dataclass
@@ -136,6 +140,13 @@ class ConversionReport:
             )
             + ")"
         )
+        bits = [
+            f"{layer.name} {layer.weight_bits}/{layer.input_bits}"
+            for layer in self.layers
+            if layer.weight_bits is not None
+        ]
+        if bits:
+            lines.append("bits (weights/inputs): " + ", ".join(bits))
         for layer in self.layers:
             if layer.reason:
                 lines.append(f"  {layer.name} ({layer.declared}) -> {layer.became}: {layer.reason}")
@@ -644,6 +655,8 @@ def convert_with_report(
                 rewrite=p.rewrite,
                 exact=p.exact,
                 reason=reason,
+                weight_bits=p.weight_bits,
+                input_bits=p.input_bits,
             )
         )
     not_binary = [r for r in layers if r.declared == "binary" and r.became != "binary"]

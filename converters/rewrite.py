@@ -7,7 +7,9 @@
 * LCE issue 806: ternary and k-bit (k <= 8) weights stay float32. Such layers are rebuilt
   with fake-quant ops on the kernel (per output channel), the input and the output, with
   ranges chosen so that every trained level is an exact int8 code; LCE then emits int8
-  kernels.
+  kernels. CPQ (``CPQQuantizer``: codes times a learned step ``alpha``) exports so too: int8
+  weights ``m_o k`` with scale ``alpha |f_o| / m_o``, unsigned activations as their codes
+  (scale ``alpha``) between int8 layers.
 
 The rewrite builds a new Keras model (``keras.models.clone_model`` with replaced layers and
 copied weights); the user's model is never modified. The replacement layers
@@ -67,6 +69,8 @@ class LayerPlan:
         rewrite: ``None`` or the rewrite applied (``"dense_as_bconv"``, ``"int8"``).
         reason: why the target is not the declared precision's kernel, if it is not.
         exact: for int8, whether every weight and input level is an exact int8 code.
+        weight_bits, input_bits: the kernel's and the input's precision (32 for float; a
+            learned precision such as ``CPQQuantizer.learned_bits()`` as it is now).
     """
 
     name: str
@@ -76,6 +80,8 @@ class LayerPlan:
     rewrite: str | None = None
     reason: str | None = None
     exact: bool | None = None
+    weight_bits: int | None = None
+    input_bits: int | None = None
 
 
 def effective_kernel(layer: QuantizerMixin) -> np.ndarray:
@@ -206,6 +212,50 @@ def _level_step(levels: tuple[float, ...]) -> float | None:
     return None
 
 
+def _cpq_grid(quantizer) -> tuple[float, int, int] | None:
+    """``(u, k_min, k_max)`` of a :class:`~tfquant.quantizers.CPQQuantizer` at its current
+    (learned) precision, None for other quantizers.
+
+    CPQ's ``levels`` are integer codes, not values (``scaled = True``): its outputs are
+    ``u k`` for the integers ``k_min <= k <= k_max``, ``k = clip(ceil(x / u - 1/2))`` (the
+    nearest level, ties to the lower one). ``u`` is the learned step ``alpha``, times
+    ``2^(bits - learned_bits)`` where DropBits scheme "B" dropped resolution (levels
+    ``(-4, -2, 0, 2)``: step 2 codes); ``k_min..k_max`` is the learned-bits code range."""
+    if not isinstance(quantizer, quantizers.CPQQuantizer):
+        return None
+    levels = sorted(float(v) for v in quantizer.levels)
+    step = levels[1] - levels[0] if len(levels) > 1 else 1.0
+    return quantizer.alpha_value * step, round(levels[0] / step), round(levels[-1] / step)
+
+
+def _real_levels(quantizer) -> tuple[float, ...]:
+    """The values a quantizer outputs: its ``levels``, or for CPQ (whose ``levels`` are
+    codes) the codes times the learned step."""
+    grid = _cpq_grid(quantizer)
+    if grid is not None:
+        u, lo, hi = grid
+        return tuple(u * k for k in range(lo, hi + 1))
+    return tuple(float(v) for v in (getattr(quantizer, "levels", ()) or ()))
+
+
+def _cpq_weight_scales(
+    mat: np.ndarray, unit: float, channel_factor: np.ndarray | None
+) -> np.ndarray:
+    """Per-channel int8 scales for a CPQ kernel ``mat`` (rows x channels) whose channel ``o``
+    is ``unit |f_o| k`` with integer codes ``k`` (``f_o``: a folded BatchNorm's factor):
+    ``s_o = unit |f_o| / m_o`` with ``m_o = floor(127 / max_o |k|)``, so the int8 weights are
+    ``m_o k`` (``sign(f_o) m_o k`` after a BatchNorm fold). The multiple ``m_o`` costs nothing
+    (the int32 accumulator is exact either way) and makes the int32 bias, quantized with
+    scale ``s_in s_o``, ``m_o`` times finer: with ``m_o = 1`` its rounding (up to half a step
+    of the accumulator) moves outputs across the next layer's rounding boundaries."""
+    factor = np.ones(mat.shape[1]) if channel_factor is None else np.abs(channel_factor)
+    per_channel = unit * factor.astype(np.float64)
+    safe = np.where(per_channel > 0, per_channel, 1.0)
+    top = np.abs(np.round(mat / safe)).max(axis=0)
+    m = np.maximum(1.0, np.floor(127.0 / np.maximum(top, 1.0)))
+    return np.where(per_channel > 0, safe / m, 1.0)
+
+
 def int8_weight_scales(
     kernel: np.ndarray, quantizer, channel_factor: np.ndarray | None = None
 ) -> tuple[np.ndarray, bool]:
@@ -218,13 +268,22 @@ def int8_weight_scales(
 
     ``alpha_o`` is the largest level (times ``|channel_factor_o|``, the factor a folded
     BatchNorm multiplied channel ``o`` by) for unscaled quantizers, and the largest
-    ``|w|`` of the channel for scaled ones (ternary ``alpha_o``).
+    ``|w|`` of the channel for scaled ones (ternary ``alpha_o``). CPQ kernels (codes ``k``
+    times a learned step) get the int8 weights ``m_o k`` (:func:`_cpq_weight_scales`).
 
     Returns:
         ``(scales, exact)``: ``exact`` tells whether ``kernel / scales`` are all integers.
     """
     mat = kernel.reshape(-1, kernel.shape[-1]).astype(np.float64)
     levels = tuple(getattr(quantizer, "levels", ()) or ())
+    grid = _cpq_grid(quantizer)
+    if grid is not None:
+        scales = _cpq_weight_scales(mat, grid[0], channel_factor)
+        codes = mat / scales
+        exact = bool(
+            np.all(np.abs(codes - np.round(codes)) <= 1e-3) and np.abs(codes).max() <= 127.5
+        )
+        return scales.astype(np.float32), exact
     if levels and not getattr(quantizer, "scaled", True):
         factor = np.ones(mat.shape[1]) if channel_factor is None else channel_factor
         alpha = max(abs(v) for v in levels) * np.abs(factor).astype(np.float64)
@@ -244,10 +303,16 @@ def int8_weight_scales(
 
 def _activation_range(quantizer) -> tuple[float, float, bool] | None:
     """An exact int8 range ``(min, max, narrow_range)`` for a quantizer's output levels, or
-    None when the levels are data dependent (scaled) or unknown."""
-    if quantizer is None or getattr(quantizer, "scaled", False):
+    None when the levels are data dependent (scaled) or unknown. CPQ is scaled by a learned
+    step that is known once trained: its levels ``u k`` have a range."""
+    if quantizer is None:
         return None
-    levels = tuple(getattr(quantizer, "levels", ()) or ())
+    cpq = _cpq_grid(quantizer)
+    if cpq is None and getattr(quantizer, "scaled", False):
+        return None
+    if cpq is not None and cpq[1] < -127:
+        return None  # signed 8 bits: code -128 has no symmetric (narrow range) int8 code
+    levels = _real_levels(quantizer)
     step = _level_step(levels)
     if step is None:
         return None
@@ -273,11 +338,18 @@ def _code_grid(quantizer) -> tuple[float, int, str | None] | None:
     and clips it to ``n u``, and the reader takes the codes as they come, with no float
     quantizer ops in between. DoReFa activations round exactly so; TSQ's sparse quantizer
     does when its threshold is ``step / 2`` and otherwise differs on the band between the
-    threshold and ``step / 2`` (TSQ.md 8).
+    threshold and ``step / 2`` (TSQ.md 8). Unsigned CPQ does with ``u`` its learned step
+    (ties, which it rounds down, aside: :func:`_cpq_tie_problem`).
     """
     if isinstance(quantizer, quantizers.UniformQuantizer) and quantizer.mode == "activation":
         n = 2**quantizer.bits - 1
         return (1.0 / n, n, None) if n <= 255 else None
+    grid = _cpq_grid(quantizer)
+    if grid is not None:  # unsigned CPQ: levels u k, k = 0..n
+        u, lo, n = grid
+        # ties (x = (k + 1/2) u) go to the lower code, int8 requantization rounds them up:
+        # they matter only where pre-activations can hit them (see _cpq_tie_problem)
+        return (u, n, None) if lo == 0 and 1 <= n <= 255 else None
     if isinstance(quantizer, quantizers.SparseQuantizer):
         u, eps, n = quantizer.step, quantizer.threshold, 2**quantizer.bits - 1
         if n > 255 or (n > 1 and eps >= 1.5 * u) or (n == 1 and eps >= u):
@@ -325,7 +397,14 @@ def plan_layers(model: keras.Model, int8: str | list[str] = "auto") -> list[Laye
     for layer in quantized_layers(model):
         declared = _declared(layer)
         input_shape = _input_shape(layer, nodes)
-        plan = LayerPlan(layer.name, type(layer).__name__, declared, "float")
+        plan = LayerPlan(
+            layer.name,
+            type(layer).__name__,
+            declared,
+            "float",
+            weight_bits=int(layer.kernel_precision),
+            input_bits=int(layer.input_precision),
+        )
         if declared == "binary":
             problem = _binary_problem(layer, input_shape)
             if problem is None:
@@ -372,6 +451,16 @@ def _source_values(source: QuantizerMixin) -> dict[str, Any]:
         "activation": keras.activations.serialize(keras.activations.get(source.activation)),
         "use_bias": bool(source.use_bias),
     }
+
+
+def _copy_quantizer_state(source, target) -> None:
+    """Copy a trained quantizer's variables (CPQ's learned step, noise scale and bit gates)
+    into its re-created twin: ``from_config`` gives the initial values only."""
+    if source is None or target is None:
+        return
+    values = source.get_weights()
+    if values and len(values) == len(target.weights):
+        target.set_weights(values)
 
 
 class _DeployLayer(keras.layers.Layer):
@@ -558,6 +647,7 @@ class Int8Layer(_DeployLayer):
             **values,
         )
         layer.build(None)
+        _copy_quantizer_state(source.input_quantizer, layer.input_quantizer)
         layer.kernel.assign(kernel)
         layer.weight_min.assign(-127.0 * scales)
         layer.weight_max.assign(127.0 * scales)
@@ -733,16 +823,17 @@ def _exact_output_range(layer, consumers: dict) -> tuple[float, float] | None:
         else:
             return None
         exact = _activation_range(q)
-        if exact is None or exact[2] or min(q.levels) != 0.0:
+        levels = _real_levels(q)
+        if exact is None or exact[2] or min(levels) != 0.0:
             return None
         if isinstance(q, quantizers.SparseQuantizer):
             grid = _code_grid(q)
             if grid is None or grid[2]:
                 return None  # its first boundary is the threshold, not half a step
-        n = len(q.levels) - 1
+        n = len(levels) - 1
         if 255 % n:
             return None
-        ranges.add((0.0, float(max(q.levels))))
+        ranges.add((0.0, float(max(levels))))
     return ranges.pop() if len(ranges) == 1 else None  # no readers: None too
 
 
@@ -778,6 +869,58 @@ def _code_links(int8_layers: list, readers: dict, consumers: dict) -> dict:
             u, n, mismatch = grids.pop()
             links[layer.name] = (u, n, mismatch, [c.name for c in found])
     return links
+
+
+def _cpq_reader_unit(readers: list, consumers: dict) -> float | None:
+    """The step ``u`` of the unsigned CPQ grid on which ``readers`` (directly or through max
+    pooling) quantize their input, if one of them does so."""
+    todo, seen = list(readers), set()
+    while todo:
+        c = todo.pop()
+        if c is None or id(c) in seen:
+            continue
+        seen.add(id(c))
+        if isinstance(c, keras.layers.MaxPooling2D):
+            todo += consumers.get(c.name, [])
+            continue
+        q = c.input_quantizer if isinstance(c, QuantizerMixin) else c
+        grid = _cpq_grid(q)
+        if grid is not None and grid[1] == 0:
+            return grid[0]
+    return None
+
+
+def _cpq_tie_problem(layer, batchnorm, u_out: float) -> str | None:
+    """Whether CPQ's ties matter for ``layer``'s output read on a CPQ grid of step
+    ``u_out``: a reason when they do, else None.
+
+    CPQ rounds ``x = (k + 1/2) u`` down (``ceil(x / u - 1/2)``), int8 requantization rounds it
+    up (TFLite: half away from zero; XNNPACK: to even). For float inputs a tie has
+    probability 0, and a folded BatchNorm or a bias puts the pre-activations off any lattice.
+    Without them, with CPQ input codes (step ``u_in``) and CPQ weights (step ``u_w``), the
+    pre-activation is ``A u_in u_w`` for an integer ``A`` (``|A|`` at most fan-in x largest
+    codes): a tie needs ``2 A u_in u_w / u_out`` odd, i.e. the reduced denominator ``b`` of
+    ``u_in u_w / u_out`` (exact: the steps are float32 numbers) even and ``b / 2`` in reach.
+    Power-of-two steps (e.g. the default ``alpha = 1``) do that."""
+    from fractions import Fraction
+
+    if batchnorm is not None:
+        return None
+    if layer.use_bias and np.any(np.asarray(layer.bias.numpy()) != 0):
+        return None
+    wg, xg = _cpq_grid(layer.kernel_quantizer), _cpq_grid(layer.input_quantizer)
+    if wg is None or xg is None:
+        return None
+    ratio = Fraction(wg[0]) * Fraction(xg[0]) / Fraction(u_out)
+    fan_in = int(np.prod(effective_kernel(layer).shape[:-1]))
+    reach = fan_in * max(abs(xg[1]), abs(xg[2])) * max(abs(wg[1]), abs(wg[2]))
+    if ratio.denominator % 2 or ratio.denominator // 2 > reach:
+        return None
+    return (
+        f"pre-activations (no bias or BatchNorm) lie on multiples of {wg[0] * xg[0]:g} and "
+        f"can fall exactly halfway between the readers' CPQ levels (step {u_out:g}): CPQ "
+        "rounds such ties to the lower level, int8 requantization to the upper one"
+    )
 
 
 def _widen(lo: float, hi: float) -> tuple[float, float]:
@@ -875,6 +1018,10 @@ def rewrite_model(
                     out_range = _widen(*ranges[(bn or layer).name][2:])
                     if not signs_only:
                         out_why = "output requantized to a calibrated int8 range"
+            if out_why is None and not signs_only:
+                u_out = _cpq_reader_unit(readers[layer.name], consumers)
+                if u_out is not None:
+                    out_why = _cpq_tie_problem(layer, bn, u_out)
             new = Int8Layer.from_layer(
                 layer,
                 in_range,
