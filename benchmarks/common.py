@@ -202,6 +202,52 @@ def step_time_ratio(a_rounds, b_rounds) -> dict:
     }
 
 
+def to_points(gain: dict) -> dict:
+    """A :func:`paired_gain` of accuracy fractions, in accuracy points (x100)."""
+    ci = gain["ci95"]
+    return {
+        "mean": 100 * gain["mean"],
+        "ci95": None if ci is None else [100 * ci[0], 100 * ci[1]],
+        "per_seed": [100 * d for d in gain["per_seed"]],
+        "ahead_on_seeds": gain["ahead_on_seeds"],
+        "seeds": gain["seeds"],
+    }
+
+
+def _measured(gain: dict, target: str) -> dict:
+    return {
+        "target": target,
+        "measured": {"mean_points": gain["mean"], "ci95_points": gain["ci95"]},
+    }
+
+
+def verdict_within(gain: dict, target: str, bound: float = -1.0) -> dict:
+    """A gain in points (:func:`to_points`) against "within ``-bound`` points": met when the
+    whole 95% interval is above ``bound``, missed when below, else inconclusive."""
+    out = _measured(gain, target)
+    if gain["ci95"] is None:
+        out["verdict"] = "met" if gain["mean"] > bound else "missed"
+        out["note"] = "one seed, no interval: judged on the mean"
+    elif gain["ci95"][0] > bound:
+        out["verdict"] = "met"
+    elif gain["ci95"][1] < bound:
+        out["verdict"] = "missed"
+    else:
+        out["verdict"] = f"inconclusive (interval straddles {bound:.1f})"
+    return out
+
+
+def verdict_ahead(gain: dict, target: str) -> dict:
+    """A gain in points against "at least as good": met when the interval is above 0,
+    missed when below, else a tie."""
+    out = _measured(gain, target)
+    low, high = gain["ci95"] or (gain["mean"], gain["mean"])
+    out["verdict"] = "met" if low > 0 else "missed" if high < 0 else "tie"
+    if gain["ci95"] is None:
+        out["note"] = "one seed, no interval: judged on the mean"
+    return out
+
+
 def parse_seeds(parser, text: str) -> list[int]:
     """The integers of a comma-separated ``--seeds`` value; a usage error (exit 2) otherwise."""
     try:

@@ -348,45 +348,6 @@ def timing_table(args) -> dict:
 
 
 # ----------------------------------------------------------------- statistics and targets
-def to_points(gain: dict) -> dict:
-    """A ``common.paired_gain`` of accuracy fractions, in accuracy points (x100)."""
-    ci = gain["ci95"]
-    return {
-        "mean": 100 * gain["mean"],
-        "ci95": None if ci is None else [100 * ci[0], 100 * ci[1]],
-        "per_seed": [100 * d for d in gain["per_seed"]],
-        "ahead_on_seeds": gain["ahead_on_seeds"],
-        "seeds": gain["seeds"],
-    }
-
-
-def verdict_within_float(gain: dict) -> dict:
-    bound = TARGET_WITHIN_FLOAT_POINTS
-    out = {
-        "target": "3-bit CPQ within 1.0 point of float",
-        "measured": {"mean_points": gain["mean"], "ci95_points": gain["ci95"]},
-    }
-    if gain["ci95"] is None:
-        out["verdict"] = "met" if gain["mean"] > bound else "missed"
-        out["note"] = "one seed, no interval: judged on the mean"
-    elif gain["ci95"][0] > bound:
-        out["verdict"] = "met"
-    elif gain["ci95"][1] < bound:
-        out["verdict"] = "missed"
-    else:
-        out["verdict"] = "inconclusive (interval straddles -1.0)"
-    return out
-
-
-def verdict_ahead(gain: dict, target: str) -> dict:
-    out = {"target": target, "measured": {"mean_points": gain["mean"], "ci95_points": gain["ci95"]}}
-    low, high = gain["ci95"] or (gain["mean"], gain["mean"])
-    out["verdict"] = "met" if low > 0 else "missed" if high < 0 else "tie"
-    if gain["ci95"] is None:
-        out["note"] = "one seed, no interval: judged on the mean"
-    return out
-
-
 PAIRS = (  # (a, b): the paired gain a - b, reported when both ran
     ("cpq2", "float"), ("cpq3", "float"), ("cpq4", "float"),
     ("cpq2", "dorefa2"), ("cpq3", "dorefa3"), ("cpq4", "dorefa4"),
@@ -557,7 +518,7 @@ def main(argv=None) -> dict:
     paired, targets = {}, {}
     for a, b in PAIRS:
         if a in results and b in results:
-            paired[f"{a}_minus_{b}_points"] = to_points(
+            paired[f"{a}_minus_{b}_points"] = common.to_points(
                 common.paired_gain(
                     results[a]["test_accuracy_per_seed"], results[b]["test_accuracy_per_seed"]
                 )
@@ -566,7 +527,13 @@ def main(argv=None) -> dict:
         gain = paired.get(f"{a}_minus_{b}_points")
         if gain is None:
             continue
-        targets[key] = verdict_within_float(gain) if text is None else verdict_ahead(gain, text)
+        targets[key] = (
+            common.verdict_within(
+                gain, "3-bit CPQ within 1.0 point of float", TARGET_WITHIN_FLOAT_POINTS
+            )
+            if text is None
+            else common.verdict_ahead(gain, text)
+        )
 
     out = {
         "benchmark": "cpq",

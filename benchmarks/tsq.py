@@ -189,48 +189,6 @@ def run_variant(variant: str, args, train, test, seed: int) -> tuple[keras.Model
 
 
 # ----------------------------------------------------------------- statistics and targets
-def to_points(gain: dict) -> dict:
-    """A ``common.paired_gain`` of accuracy fractions, in accuracy points (x100)."""
-    ci = gain["ci95"]
-    return {
-        "mean": 100 * gain["mean"],
-        "ci95": None if ci is None else [100 * ci[0], 100 * ci[1]],
-        "per_seed": [100 * d for d in gain["per_seed"]],
-        "ahead_on_seeds": gain["ahead_on_seeds"],
-        "seeds": gain["seeds"],
-    }
-
-
-def verdict_within_float(gain: dict) -> dict:
-    bound = TARGET_WITHIN_FLOAT_POINTS
-    out = {
-        "target": "TSQ within 1.0 point of float",
-        "measured": {"mean_points": gain["mean"], "ci95_points": gain["ci95"]},
-    }
-    if gain["ci95"] is None:
-        out["verdict"] = "met" if gain["mean"] > bound else "missed"
-        out["note"] = "one seed, no interval: judged on the mean"
-    elif gain["ci95"][0] > bound:
-        out["verdict"] = "met"
-    elif gain["ci95"][1] < bound:
-        out["verdict"] = "missed"
-    else:
-        out["verdict"] = "inconclusive (interval straddles -1.0)"
-    return out
-
-
-def verdict_at_least_joint(gain: dict) -> dict:
-    out = {
-        "target": "TSQ at least as accurate as joint training",
-        "measured": {"mean_points": gain["mean"], "ci95_points": gain["ci95"]},
-    }
-    low, high = gain["ci95"] or (gain["mean"], gain["mean"])
-    out["verdict"] = "met" if low > 0 else "missed" if high < 0 else "tie"
-    if gain["ci95"] is None:
-        out["note"] = "one seed, no interval: judged on the mean"
-    return out
-
-
 # ----------------------------------------------------------------- conversion
 def conversion(tsq_model: keras.Model, float_model: keras.Model | None, train, test) -> dict:
     from tfquant import converters
@@ -357,18 +315,22 @@ def main(argv=None) -> dict:
     if "tsq" in results:
         for other in ("float", "joint", "tsq_no_step2", "tsq_threshold0"):
             if other in results:
-                paired[f"tsq_minus_{other}_points"] = to_points(
+                paired[f"tsq_minus_{other}_points"] = common.to_points(
                     common.paired_gain(
                         results["tsq"]["test_accuracy_per_seed"],
                         results[other]["test_accuracy_per_seed"],
                     )
                 )
         if "tsq_minus_float_points" in paired:
-            targets["tsq_within_1pt_of_float"] = verdict_within_float(
-                paired["tsq_minus_float_points"]
+            targets["tsq_within_1pt_of_float"] = common.verdict_within(
+                paired["tsq_minus_float_points"],
+                "TSQ within 1.0 point of float",
+                TARGET_WITHIN_FLOAT_POINTS,
             )
         if "tsq_minus_joint_points" in paired:
-            targets["tsq_at_least_joint"] = verdict_at_least_joint(paired["tsq_minus_joint_points"])
+            targets["tsq_at_least_joint"] = common.verdict_ahead(
+                paired["tsq_minus_joint_points"], "TSQ at least as accurate as joint training"
+            )
 
     out = {
         "benchmark": "tsq",
