@@ -248,6 +248,63 @@ def verdict_ahead(gain: dict, target: str) -> dict:
     return out
 
 
+def convert_and_compare(model, float_model, train, test, layer_names) -> dict:
+    """Convert a finalized model (``tfquant.converters.convert_with_report``, calibrated on
+    64 training images) and run the flatbuffer on the whole test set beside Keras: what
+    each layer became, whether all of ``layer_names`` became exact int8, ops, sizes, TFLite
+    and Keras test accuracy, their argmax agreement, and the float model's file size."""
+    from tfquant import converters
+
+    xtr, xte = train[0], test[0]
+    start = time.perf_counter()
+    flatbuffer, report = converters.convert_with_report(
+        model, calibration_data=xtr[:64], parity_inputs=xte[:64]
+    )
+    seconds = time.perf_counter() - start
+    rep = report.as_dict()
+    layers = {
+        layer["name"]: {k: layer.get(k) for k in ("declared", "became", "exact", "ops", "reason")}
+        for layer in rep["layers"]
+    }
+    tflite = np.concatenate(
+        [converters.inspect.run(flatbuffer, xte[i : i + 512])[0] for i in range(0, len(xte), 512)]
+    )
+    keras_out = model.predict(xte, batch_size=512, verbose=0)
+    out = {
+        "convert_seconds": seconds,
+        "layers": layers,
+        "layers_int8": all(layers.get(n, {}).get("became") == "int8" for n in layer_names),
+        "layers_exact": all(layers.get(n, {}).get("exact") is True for n in layer_names),
+        "ops": converters.inspect.op_counts(flatbuffer),
+        "sizes": rep["sizes"],
+        "parity_64": rep["parity"],
+        "notes": rep["notes"],
+        "tflite_bytes": len(flatbuffer),
+        "tflite_test_accuracy": float(np.mean(np.argmax(tflite, -1) == test[1])),
+        "keras_test_accuracy": float(np.mean(np.argmax(keras_out, -1) == test[1])),
+        "max_abs_prob_diff": float(np.max(np.abs(tflite - keras_out))),
+        "agreement": float(np.mean(np.argmax(tflite, -1) == np.argmax(keras_out, -1))),
+        "test_images": len(xte),
+        "tflite_bytes_float": None,
+    }
+    if float_model is not None:
+        float_fb, _ = converters.convert_with_report(
+            float_model, calibration_data=xtr[:64], verify=False
+        )
+        out["tflite_bytes_float"] = len(float_fb)
+    return out
+
+
+def agreement_target(compared: dict, target: float) -> dict:
+    """The target "TFLite's argmax agrees with Keras on >= target of the test set"."""
+    return {
+        "target": f"TFLite argmax agrees with Keras on >= {target} of the test set",
+        "measured": compared["agreement"],
+        "test_images": compared["test_images"],
+        "verdict": "met" if compared["agreement"] >= target else "missed",
+    }
+
+
 def parse_seeds(parser, text: str) -> list[int]:
     """The integers of a comma-separated ``--seeds`` value; a usage error (exit 2) otherwise."""
     try:

@@ -368,55 +368,19 @@ TARGETS = (
 
 # ----------------------------------------------------------------- conversion
 def conversion(model: keras.Model, float_model: keras.Model | None, train, test) -> dict:
-    from tfquant import converters
-
-    xtr, xte = train[0], test[0]
-    start = time.perf_counter()
-    flatbuffer, report = converters.convert_with_report(
-        model, calibration_data=xtr[:64], parity_inputs=xte[:64]
-    )
-    seconds = time.perf_counter() - start
-    rep = report.as_dict()
-    layers = {
-        layer["name"]: {k: layer.get(k) for k in ("declared", "became", "exact", "ops", "reason")}
-        for layer in rep["layers"]
-    }
-    tflite = np.concatenate(
-        [converters.inspect.run(flatbuffer, xte[i : i + 512])[0] for i in range(0, len(xte), 512)]
-    )
-    keras_out = model.predict(xte, batch_size=512, verbose=0)
-    agreement = float(np.mean(np.argmax(tflite, -1) == np.argmax(keras_out, -1)))
+    c = common.convert_and_compare(model, float_model, train, test, QUANT_LAYERS)
     out = {
         "model": "cpq3, first seed, finalized",
-        "convert_seconds": seconds,
-        "layers": layers,
-        "quantized_layers_int8": all(
-            layers.get(n, {}).get("became") == "int8" for n in QUANT_LAYERS
-        ),
-        "quantized_layers_exact": all(layers.get(n, {}).get("exact") is True for n in QUANT_LAYERS),
-        "ops": converters.inspect.op_counts(flatbuffer),
-        "sizes": rep["sizes"],
-        "parity_64": rep["parity"],
-        "notes": rep["notes"],
-        "tflite_bytes_cpq3": len(flatbuffer),
-        "tflite_test_accuracy": float(np.mean(np.argmax(tflite, -1) == test[1])),
-        "keras_test_accuracy": float(np.mean(np.argmax(keras_out, -1) == test[1])),
-        "max_abs_prob_diff": float(np.max(np.abs(tflite - keras_out))),
-        "targets": {
-            "tflite_keras_argmax_agreement": {
-                "target": f"TFLite argmax agrees with Keras on >= {TARGET_AGREEMENT} of the test set",
-                "measured": agreement,
-                "test_images": len(xte),
-                "verdict": "met" if agreement >= TARGET_AGREEMENT else "missed",
-            }
-        },
+        **{k: c[k] for k in ("convert_seconds", "layers", "ops", "sizes", "parity_64", "notes")},
+        "quantized_layers_int8": c["layers_int8"],
+        "quantized_layers_exact": c["layers_exact"],
+        "tflite_bytes_cpq3": c["tflite_bytes"],
+        **{k: c[k] for k in ("tflite_test_accuracy", "keras_test_accuracy", "max_abs_prob_diff")},
+        "targets": {"tflite_keras_argmax_agreement": common.agreement_target(c, TARGET_AGREEMENT)},
     }
-    if float_model is not None:
-        float_fb, _ = converters.convert_with_report(
-            float_model, calibration_data=xtr[:64], verify=False
-        )
-        out["tflite_bytes_float"] = len(float_fb)
-        out["size_ratio_cpq3_over_float"] = len(flatbuffer) / len(float_fb)
+    if c["tflite_bytes_float"] is not None:
+        out["tflite_bytes_float"] = c["tflite_bytes_float"]
+        out["size_ratio_cpq3_over_float"] = c["tflite_bytes"] / c["tflite_bytes_float"]
     else:
         out["size_ratio_cpq3_over_float"] = None
         out["note"] = "float not among --variants: no size ratio"

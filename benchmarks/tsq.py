@@ -191,53 +191,19 @@ def run_variant(variant: str, args, train, test, seed: int) -> tuple[keras.Model
 # ----------------------------------------------------------------- statistics and targets
 # ----------------------------------------------------------------- conversion
 def conversion(tsq_model: keras.Model, float_model: keras.Model | None, train, test) -> dict:
-    from tfquant import converters
-
-    xtr, xte = train[0], test[0]
-    start = time.perf_counter()
-    flatbuffer, report = converters.convert_with_report(
-        tsq_model, calibration_data=xtr[:64], parity_inputs=xte[:64]
-    )
-    seconds = time.perf_counter() - start
-    rep = report.as_dict()
-    layers = {
-        layer["name"]: {k: layer[k] for k in ("declared", "became", "exact", "ops", "reason")}
-        for layer in rep["layers"]
-    }
-    tflite = np.concatenate(
-        [converters.inspect.run(flatbuffer, xte[i : i + 512])[0] for i in range(0, len(xte), 512)]
-    )
-    keras_out = tsq_model.predict(xte, batch_size=512, verbose=0)
-    agreement = float(np.mean(np.argmax(tflite, -1) == np.argmax(keras_out, -1)))
+    c = common.convert_and_compare(tsq_model, float_model, train, test, TERNARY_LAYERS)
     out = {
         "model": "tsq, first seed, finalized",
-        "convert_seconds": seconds,
-        "layers": layers,
-        "ternary_layers_int8": all(
-            layers.get(n, {}).get("became") == "int8" for n in TERNARY_LAYERS
-        ),
-        "ternary_layers_exact": all(layers.get(n, {}).get("exact") is True for n in TERNARY_LAYERS),
-        "ops": converters.inspect.op_counts(flatbuffer),
-        "sizes": rep["sizes"],
-        "parity_64": rep["parity"],
-        "notes": rep["notes"],
-        "tflite_bytes_tsq": len(flatbuffer),
-        "tflite_test_accuracy": float(np.mean(np.argmax(tflite, -1) == test[1])),
-        "targets": {
-            "tflite_keras_argmax_agreement": {
-                "target": f"TFLite argmax agrees with Keras on >= {TARGET_AGREEMENT} of the test set",
-                "measured": agreement,
-                "test_images": len(xte),
-                "verdict": "met" if agreement >= TARGET_AGREEMENT else "missed",
-            }
-        },
+        **{k: c[k] for k in ("convert_seconds", "layers", "ops", "sizes", "parity_64", "notes")},
+        "ternary_layers_int8": c["layers_int8"],
+        "ternary_layers_exact": c["layers_exact"],
+        "tflite_bytes_tsq": c["tflite_bytes"],
+        "tflite_test_accuracy": c["tflite_test_accuracy"],
+        "targets": {"tflite_keras_argmax_agreement": common.agreement_target(c, TARGET_AGREEMENT)},
     }
-    if float_model is not None:
-        float_fb, _ = converters.convert_with_report(
-            float_model, calibration_data=xtr[:64], verify=False
-        )
-        ratio = len(flatbuffer) / len(float_fb)
-        out["tflite_bytes_float"] = len(float_fb)
+    if c["tflite_bytes_float"] is not None:
+        ratio = c["tflite_bytes"] / c["tflite_bytes_float"]
+        out["tflite_bytes_float"] = c["tflite_bytes_float"]
         out["size_ratio_tsq_over_float"] = ratio
         out["targets"]["size_ratio_tsq_over_float"] = {
             "target": f"tsq flatbuffer at most {TARGET_SIZE_RATIO} x the float one",
