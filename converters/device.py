@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 import re
 import secrets
 import shlex
@@ -65,8 +66,9 @@ class Device:
     def __str__(self) -> str:
         if self.kind == "ssh":
             user = f"{self.user}@" if self.user else ""
+            host = f"[{self.host}]" if self.host and ":" in self.host else self.host
             port = f":{self.port}" if self.port else ""
-            return f"ssh:{user}{self.host}{port}"
+            return f"ssh:{user}{host}{port}"
         if self.kind == "adb":
             return f"adb:{self.serial}" if self.serial else "adb"
         return "local"
@@ -267,33 +269,38 @@ class _Ssh(_Transport):
         port = ["-p", str(self.device.port)] if self.device.port else []
         return ["ssh", *self._common, *port, self._target, command]
 
-    def _fail(self, proc: subprocess.CompletedProcess) -> DeviceError:
-        err = proc.stderr
+    def _connection_error(self, stderr: str) -> DeviceError | None:
+        """ssh's (or scp's) own failure to connect or log in, or None when ``stderr`` shows
+        none (a remote command's error, say)."""
         host = self.device.host
-        if "Permission denied" in err or "Too many authentication failures" in err:
+        # "user@host: Permission denied (publickey)."; not scp's "dest open ...: Permission
+        # denied", a file the user may not write
+        if re.search(r"Permission denied \(|Too many authentication failures", stderr):
             return DeviceError(
-                f"authentication refused by {host}: {_tail(err, 1)} (tfquant runs ssh with "
+                f"authentication refused by {host}: {_tail(stderr, 1)} (tfquant runs ssh with "
                 "BatchMode=yes, without password prompts: set up a key, e.g. ssh-copy-id, or an "
                 "agent, so that `ssh HOST true` works without typing a password)"
             )
-        if "Host key verification failed" in err or "REMOTE HOST IDENTIFICATION" in err:
+        if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION" in stderr:
             return DeviceError(
                 f"the host key of {host} is unknown or has changed: connect once with ssh to "
-                f"check and accept it ({_tail(err, 1)})"
+                f"check and accept it ({_tail(stderr, 1)})"
             )
         if re.search(
             r"Connection refused|Connection timed out|No route to host|Network is unreachable"
             r"|Could not resolve hostname|Name or service not known|Connection closed"
             r"|Connection reset|kex_exchange_identification",
-            err,
+            stderr,
         ):
-            return DeviceError(f"cannot reach {self.name}: {_tail(err, 1)}")
-        return DeviceError(f"ssh to {self.name} failed (exit {proc.returncode}): {_tail(err)}")
+            return DeviceError(f"cannot reach {self.name}: {_tail(stderr, 1)}")
+        return None
 
     def run(self, command: str, timeout: float) -> subprocess.CompletedProcess:
         proc = self._call(self._ssh_argv(command), timeout, "a command")
         if proc.returncode == 255:  # ssh's own failure; a remote command's status passes through
-            raise self._fail(proc)
+            raise self._connection_error(proc.stderr) or DeviceError(
+                f"ssh to {self.name} failed (exit 255): {_tail(proc.stderr)}"
+            )
         return proc
 
     def push(self, local: str, remote: str, timeout: float) -> None:
@@ -304,11 +311,7 @@ class _Ssh(_Transport):
         argv = ["scp", "-q", *self._common, *port, local, f"{host}:{remote}"]
         proc = self._call(argv, timeout, "copying")
         if proc.returncode != 0:
-            if proc.returncode == 255 or "Permission denied" in proc.stderr:
-                failure = self._fail(proc)
-                if "authentication" in str(failure) or "reach" in str(failure):
-                    raise failure
-            raise DeviceError(
+            raise self._connection_error(proc.stderr) or DeviceError(
                 f"cannot copy {os.path.basename(local)} to {self.name}:{remote}: "
                 f"{_tail(proc.stderr)}"
             )
@@ -463,7 +466,7 @@ def benchmark(
         )
 
     base = device_dir or transport.default_dir
-    remote = f"{base.rstrip('/') or '/'}/tfquant-bench-{secrets.token_hex(6)}".replace("//", "/")
+    remote = posixpath.join(base, f"tfquant-bench-{secrets.token_hex(6)}")
     quoted = shlex.quote(remote)
     made = transport.run(f"mkdir -m 700 {quoted}", timeout)
     if made.returncode != 0:

@@ -459,7 +459,12 @@ def _copy_quantizer_state(source, target) -> None:
     if source is None or target is None:
         return
     values = source.get_weights()
-    if values and len(values) == len(target.weights):
+    if len(values) != len(target.weights):  # e.g. variables made on a first call
+        raise RuntimeError(
+            f"cannot copy the state of quantizer {source.name!r} into the int8 layer: it has "
+            f"{len(values)} variables, its re-created twin {len(target.weights)}"
+        )
+    if values:
         target.set_weights(values)
 
 

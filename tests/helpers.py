@@ -29,6 +29,21 @@ def tfquant_cli(*args, timeout: float = 600, **kwargs) -> subprocess.CompletedPr
     )
 
 
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def run_benchmark(script: str, *args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script> *args`` from the project root, output captured as text."""
+    return subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=timeout,
+        cwd=os.path.dirname(BENCHMARKS),
+    )
+
+
 def conv_bn_dense(input_shape, filters: int, units: int, kernel_quantizer="ste_sign", seed=0):
     """QuantConv2D (3x3, float input) -> synchronized BatchNorm -> Flatten -> QuantDense with
     sign inputs: the smallest network with every kind of weight and a BatchNorm."""

@@ -2,28 +2,18 @@
 
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import run_benchmark
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "cpq.py"
 QUANT_LAYERS = ("s0_conv0", "s0_conv1", "s1_conv0", "s1_conv1")
 SMOKE_VARIANTS = ("float", "cpq3", "cpq_learned", "cpq_fixed")
 
 
-def run_script(*args, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=SCRIPT.parents[1],
-    )
+def run_script(*args, timeout: float = 600):
+    return run_benchmark("cpq.py", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

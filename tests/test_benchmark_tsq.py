@@ -1,28 +1,16 @@
 """benchmarks/tsq.py runs end to end on a slice of Fashion-MNIST, and refuses bad arguments."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import run_benchmark
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "tsq.py"
 VARIANTS = ("float", "tsq", "tsq_no_step2", "tsq_threshold0", "joint")
 TERNARY_LAYERS = ("s0_conv0", "s0_conv1", "s1_conv0", "s1_conv1")
 
 
-def run_script(*args, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=SCRIPT.parents[1],
-    )
+def run_script(*args, timeout: float = 600):
+    return run_benchmark("tsq.py", *args, timeout=timeout)
 
 
 def test_tsq_benchmark_smoke_run(tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 from tfquant import _files, datasets, zoo
 from tfquant._keras import keras
 from tfquant.callbacks import HardValidation
-from tfquant.models import finalize, summary
+from tfquant.models import finalize, quantized_layers, summary
 
 __all__ = ["METHODS", "ARTIFACTS", "TrainConfig", "run", "check_config"]
 
@@ -232,8 +232,6 @@ def method_options(config: TrainConfig) -> dict[str, Any]:
 def layer_bits(model: keras.Model) -> list[dict[str, Any]]:
     """Each quantized layer's weight and input bits (32: float), and CPQ's learned grid
     steps: what the report lists."""
-    from tfquant.models import quantized_layers
-
     rows = []
     for layer in quantized_layers(model):
         row: dict[str, Any] = {

@@ -20,6 +20,7 @@ authors did.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -86,16 +87,13 @@ def quantizers_for(
     if method not in METHOD_QUANTIZERS:
         raise ValueError(f"Unknown method {method!r}. Expected one of {sorted(METHOD_QUANTIZERS)}.")
     factory = METHOD_QUANTIZERS[method]
-    try:
-        inp, kernel = factory(**options)
-    except TypeError:
-        import inspect
-
-        accepted = sorted(inspect.signature(factory).parameters)
+    accepted = inspect.signature(factory).parameters
+    if set(options) - set(accepted):
         raise ValueError(
-            f"Expected options of method {method!r} among {accepted or 'none'}. "
+            f"Expected options of method {method!r} among {sorted(accepted) or 'none'}. "
             f"Received: {sorted(options)}"
-        ) from None
+        )
+    inp, kernel = factory(**options)
     return quantizers.get(inp), quantizers.get(kernel)
 
 
