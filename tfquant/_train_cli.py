@@ -104,6 +104,20 @@ def register(subparsers) -> None:
         "--overwrite", action="store_true", help="replace a previous run's artifacts in --out"
     )
     p.add_argument("--no-convert", action="store_true", help="skip conversion and benchmarking")
+    p.add_argument(
+        "--strategy",
+        choices=("none", "mirrored"),
+        default=defaults.strategy,
+        help="mirrored: train under tf.distribute, over every local GPU (or the CPU), or "
+        "across the workers TF_CONFIG names (MultiWorkerMirroredStrategy: start one process "
+        "per worker with the same arguments; the chief writes --out); default none",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run whose per-epoch checkpoints are in --out/checkpoints (same "
+        "arguments); it ends with the weights of an uninterrupted run",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
 
@@ -133,6 +147,8 @@ def config_from_args(args: argparse.Namespace):
         overwrite=args.overwrite,
         convert=not args.no_convert,
         verbose=0 if args.quiet else None,
+        strategy=args.strategy,
+        resume=args.resume,
     )
 
 
@@ -148,6 +164,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if type(e).__module__.startswith("tfquant.converters"):
             raise
         raise UsageError(str(e)) from e
+    if "worker" in report:
+        print(json.dumps({"worker": report["worker"], "artifacts": "written by the chief"}))
+        return 0
     brief = {
         "test_accuracy": report["test_accuracy"],
         "test_accuracy_tflite": report.get("test_accuracy_tflite"),

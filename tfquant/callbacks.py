@@ -195,6 +195,10 @@ class HardValidation(keras.callbacks.Callback):
         monitor: the log key that picks the best epoch (default ``"hard_val_accuracy"``).
         mode: ``"max"``, ``"min"`` or ``"auto"`` (``min`` for keys containing ``loss``).
         restore_best: return to the best epoch's state at the end of ``fit``.
+        model: evaluate this model instead, the same network built (and compiled) outside
+            the ``tf.distribute`` strategy the trained one runs under: at each epoch end
+            the weights and optimizer variables are copied into it, so ``finalize`` and
+            ``evaluate`` run on one device and each worker computes the same numbers.
 
     Attributes:
         best: the best ``monitor`` value so far; ``best_epoch``: its epoch (0-based).
@@ -228,8 +232,15 @@ class HardValidation(keras.callbacks.Callback):
         monitor: str = "hard_val_accuracy",
         mode: str = "auto",
         restore_best: bool = False,
+        model: keras.Model | None = None,
     ) -> None:
         super().__init__()
+        if restore_best and model is not None:
+            raise ValueError(
+                "Expected restore_best=False with model=...: the best state is kept for the "
+                "trained model. Received: restore_best=True and a model to evaluate"
+            )
+        self._evaluated = model
         if isinstance(validation_data, tf.data.Dataset):
             self._x, self._y = validation_data, None
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
@@ -269,6 +280,11 @@ class HardValidation(keras.callbacks.Callback):
         from tfquant.models import finalize
 
         model = self.model
+        if self._evaluated is not None:
+            from tfquant.distribute import copy_state
+
+            copy_state(model, self._evaluated)
+            model = self._evaluated
         saved = model.get_weights()
         try:
             finalize(model, self.bn_data, batch_size=self.batch_size, steps=self.bn_steps)

@@ -272,6 +272,10 @@ class ImageFolder(NamedTuple):
     train_size: int  # images in the training split
     validation_size: int  # images in the validation split (0 without one)
     cache: str  # "memory", "file:<prefix>" or "none": where decoded images are kept
+    # (epochs, initial_epoch=0, steps=None) -> the training batches of those epochs in
+    # sequence, each epoch's order and augmentation seeded by (seed, epoch) alone: what
+    # tfquant train reads, so that a resumed run reads what an uninterrupted one does
+    train_epochs: Any = None
 
 
 def _parse_image_size(image_size) -> tuple[int, int] | None:
@@ -611,7 +615,35 @@ def image_folder(
 
     if shuffle_buffer is None:  # at most 256 MiB of decoded images (Keras also shuffles paths)
         shuffle_buffer = min(train_size, 10_000, max(batch_size, 2**28 // image_bytes))
-    train = cached(train, "train").shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    base = cached(train, "train")
+
+    def one_epoch(epoch):
+        """Epoch ``epoch``'s batches: the shuffle and the augmentation seeded by
+        ``(seed, epoch)`` alone, so a resumed run reads what an uninterrupted one does."""
+        epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+        ds = base.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        ds = ds.batch(batch_size)
+        if augment is None or not augment.active:
+            return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        seeds = tf.data.Dataset.random(seed=epoch_seed).batch(2)
+
+        def augmented(batch, s):
+            x, y = finish(*batch)
+            return _augment_batch(x, s, augment), y
+
+        return tf.data.Dataset.zip((ds, seeds)).map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def train_epochs(epochs: int, initial_epoch: int = 0, steps: int | None = None):
+        """Epochs ``initial_epoch`` to ``epochs - 1`` in sequence (each its first ``steps``
+        batches when given), for ``fit(..., steps_per_epoch=..., initial_epoch=...)``."""
+        per_epoch = (lambda e: one_epoch(e).take(steps)) if steps else one_epoch
+        return (
+            tf.data.Dataset.range(initial_epoch, epochs)
+            .flat_map(per_epoch)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    train = base.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     train = train.batch(batch_size)
     if augment is not None and augment.active:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
@@ -641,6 +673,7 @@ def image_folder(
         train_size=train_size,
         validation_size=validation_size,
         cache=where,
+        train_epochs=train_epochs,
     )
 
 

@@ -15,11 +15,12 @@ import os
 import pathlib
 import sys
 import time
+from contextlib import nullcontext as _nullcontext
 from typing import Any
 
 import numpy as np
 
-from tfquant import _files, datasets, zoo
+from tfquant import _files, datasets, distribute, zoo
 from tfquant._keras import keras
 from tfquant.callbacks import HardValidation
 from tfquant.models import finalize, quantized_layers, summary
@@ -31,6 +32,9 @@ METHODS = ("md-tanh-s", "md-softmax-s", "binary-relax", "ste", "tsq", "cpq", "do
 BITS_METHODS = {"cpq": 3, "dorefa": 2}
 DROPBITS = ("A", "B", "none")
 ARTIFACTS = ("model.keras", "model.tflite", "report.json", "report.md", "curves.png")
+CHECKPOINTS = "checkpoints"  # out/checkpoints: the last epoch's state, for --resume
+# config fields a resumed run may change: they do not change what is trained
+_RESUME_FREE = ("out", "overwrite", "resume", "verbose", "convert")
 
 
 @dataclasses.dataclass
@@ -57,10 +61,21 @@ class TrainConfig:
     overwrite: bool = False
     convert: bool = True
     verbose: int | None = None  # Keras verbosity; None: progress bar on a terminal, else lines
+    strategy: str = "none"  # "mirrored": tf.distribute (several workers when TF_CONFIG says so)
+    resume: bool = False  # continue the run whose checkpoints are in out/checkpoints
 
 
 def check_config(config: TrainConfig) -> None:
     """Raise ValueError naming what was expected and what was received."""
+    if config.strategy not in distribute.STRATEGIES:
+        raise ValueError(
+            f"Expected strategy in {distribute.STRATEGIES}. Received: {config.strategy!r}"
+        )
+    if config.resume and config.method == "tsq":
+        raise ValueError(
+            "Expected --resume with a single-stage method: TSQ's three steps (code learning, "
+            "kernel reconstruction, fine-tuning) are not checkpointed. Received: method 'tsq'"
+        )
     if config.data_dir is None and (config.image_size is not None or config.augment):
         raise ValueError(
             "Expected image_size and augment only with data_dir (an image-folder tree). "
@@ -173,20 +188,120 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
                 f"Cannot create --out {str(out)!r}: cannot create files in {str(ancestor)!r} "
                 f"({e.strerror or e})"
             ) from None
+        if config.resume:
+            raise ValueError(
+                f"Expected --resume with the checkpoints of a run in {out / CHECKPOINTS}. "
+                f"Received: {str(out)!r} does not exist"
+            )
         return None
+    state = checkpoint_state(out)
+    if config.resume and state is None:
+        raise ValueError(
+            f"Expected --resume with the checkpoints of a run in {out / CHECKPOINTS}. "
+            "Received: none there"
+        )
+    if state is not None and not config.resume and not config.overwrite:
+        raise ValueError(
+            f"{out} holds the checkpoints of a run stopped after epoch {state['epoch']} of "
+            f"{state['config']['epochs']}. Pass --resume to continue it, --overwrite to start "
+            "over (its checkpoints are replaced), or choose another --out."
+        )
+    if config.resume:
+        _check_resumable(config, state)
     previous = [name for name in ARTIFACTS if os.path.lexists(out / name)]
-    if previous and not config.overwrite:
+    if previous and not config.overwrite and not (config.resume and state["config"]["overwrite"]):
         raise ValueError(
             f"{out} holds a previous run ({', '.join(previous)}). Choose another --out, or "
             "pass --overwrite to replace that set of files (other files there are left alone)."
         )
-    outputs = _files.Outputs(overwrite=config.overwrite)
+    overwrite = config.overwrite or bool(config.resume and state["config"]["overwrite"])
+    outputs = _files.Outputs(overwrite=overwrite)
     try:
         for name in ARTIFACTS:
             outputs.add(out / name, name)
     except _files.FileError as e:
         raise ValueError(str(e)) from None
     return outputs
+
+
+def checkpoint_state(out: str | os.PathLike) -> dict | None:
+    """The state of the last checkpoint in ``out/checkpoints`` (``None`` without one):
+    ``epoch`` (epochs completed), ``weights`` (the file of the model's and optimizer's
+    variables), ``config``, ``history``, ``train_seconds``.
+
+    Raises:
+        ValueError: the state file exists but cannot be read, or names a missing file.
+    """
+    directory = pathlib.Path(out) / CHECKPOINTS
+    path = directory / "state.json"
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        state["epoch"], state["config"]["epochs"]  # noqa: B018 (the keys exist)
+        weights = directory / state["weights"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"Cannot read the checkpoint state {path}: {e}") from None
+    if not weights.exists():
+        raise ValueError(f"The checkpoint state {path} names {weights}, which is missing")
+    return state
+
+
+def _check_resumable(config: TrainConfig, state: dict) -> None:
+    saved = state["config"]
+    current = dataclasses.asdict(config)
+    changed = sorted(
+        k for k in current if k not in _RESUME_FREE and saved.get(k, current[k]) != current[k]
+    )
+    if changed:
+        raise ValueError(
+            "Expected --resume with the configuration of the checkpointed run (a resumed run "
+            "must train what it would have trained). Received changes: "
+            + ", ".join(f"{k}={current[k]!r} (was {saved.get(k)!r})" for k in changed)
+        )
+    if state["epoch"] >= config.epochs:
+        raise ValueError(
+            f"The checkpointed run in {config.out} finished its {config.epochs} epochs; "
+            "nothing to resume. Received: --resume"
+        )
+
+
+class _Checkpoints(keras.callbacks.Callback):
+    """At each epoch end, the model's and optimizer's variables (``model.save_weights``)
+    and the run's state (epoch, history, seconds): written to a new file, the state file
+    replaced atomically to name it, then the previous epoch's file removed, so a run killed
+    at any moment leaves a complete checkpoint. Only the chief writes (``enabled``); other
+    workers read the chief's checkpoints on resume, as TensorFlow's own BackupAndRestore
+    does (a shared file system)."""
+
+    def __init__(self, directory: pathlib.Path, config: TrainConfig, enabled: bool, start: dict):
+        super().__init__()
+        self.directory, self.config, self.enabled = directory, config, enabled
+        self.history = {k: list(v) for k, v in start.get("history", {}).items()}
+        self.seconds = float(start.get("train_seconds", 0.0))
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        if not self.enabled:
+            return
+        self.directory.mkdir(exist_ok=True)
+        previous = checkpoint_state(self.directory.parent)
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(str(self.directory / name), overwrite=True)
+        state = {
+            "epoch": epoch + 1,
+            "weights": name,
+            "config": dataclasses.asdict(self.config),
+            "history": self.history,
+            "train_seconds": self.seconds + time.perf_counter() - self._start,
+        }
+        tmp = self.directory / f".state.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.directory / "state.json")
+        if previous is not None and previous["weights"] != name:
+            (self.directory / previous["weights"]).unlink(missing_ok=True)
 
 
 def _method(config: TrainConfig, model: keras.Model) -> tuple[Any, list]:
@@ -371,10 +486,22 @@ def run(config: TrainConfig) -> dict:
 
     Every artifact is staged beside its final path and all of them are moved into place
     together at the end (:class:`tfquant._files.Outputs`): a run that fails or is
-    interrupted leaves ``out`` as it was (a directory it created is removed again), and a
-    run with ``overwrite`` replaces the previous run's set whole, deleting its artifacts
-    this run does not write (e.g. ``model.tflite`` under ``convert=False``), never a mix.
-    ``report["artifacts"]`` lists the files written.
+    interrupted leaves its artifacts in ``out`` as they were, and a run with ``overwrite``
+    replaces the previous run's set whole, deleting its artifacts this run does not write
+    (e.g. ``model.tflite`` under ``convert=False``), never a mix. ``report["artifacts"]``
+    lists the files written.
+
+    Each epoch's end writes a checkpoint to ``out/checkpoints`` (the model's and optimizer's
+    variables: weights, Adam moments, mirror-descent duals, iterations, learning rate; the
+    history); ``resume=True`` continues from it with ``fit(initial_epoch=...)``, and since
+    each epoch's batches depend only on ``(seed, epoch)``
+    (:func:`tfquant.distribute.epoch_batches`) the resumed run ends with the weights of an
+    uninterrupted one. The checkpoints stay after a finished run (``--overwrite`` starts
+    over).
+
+    Under ``strategy="mirrored"`` (:func:`tfquant.distribute.strategy`) the model trains
+    under ``tf.distribute``; with several workers in ``TF_CONFIG`` only the chief writes
+    into ``out``, and the other workers return ``{"worker": ...}`` after training.
 
     Raises:
         ValueError: a bad configuration or ``out`` (see :func:`check_config`).
@@ -382,7 +509,11 @@ def run(config: TrainConfig) -> dict:
         tfquant.converters.ConversionError: the trained model did not convert.
     """
     check_config(config)
+    where = distribute.cluster()
     out = pathlib.Path(config.out)
+    if not where.is_chief:
+        _train(config, out, chief=False)
+        return {"worker": f"{where.task_type}:{where.task_index}", "artifacts": []}
     with _files.created_directory(out):
         outputs = _check_out(config)
         assert outputs is not None  # out exists now
@@ -394,15 +525,14 @@ def run(config: TrainConfig) -> dict:
     return report
 
 
-def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dict:
-    def stage(name: str) -> str:
-        return outputs.stage_path(out / name)
+class _Data:
+    """The training data of a run: arrays (``x``, ``y``: for a dataset, all of it; for an
+    image folder, 20 batches for BatchNorm and calibration), ``xte``, ``yte``, the shape and
+    classes, and ``batches(epochs, initial_epoch)`` -> (dataset, steps per epoch)."""
 
-    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    say = (lambda m: print(f"[tfquant train] {m}", flush=True)) if verbose else (lambda m: None)
 
-    keras.utils.set_random_seed(config.seed)
-    train_data = None  # a tf.data pipeline (data_dir) instead of the arrays xtr, ytr
+def _load(config: TrainConfig, say) -> _Data:
+    data = _Data()
     if config.data_dir is not None:
         say(f"reading the image folders in {config.data_dir}")
         folder = datasets.image_folder(
@@ -413,45 +543,101 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
             seed=config.seed,
             augment=config.augment,
         )
-        train_data = folder.train
+        steps = math.ceil(folder.train_size / config.batch_size)
         if config.limit:
-            train_data = train_data.take(math.ceil(config.limit / config.batch_size))
+            steps = min(steps, math.ceil(config.limit / config.batch_size))
+        first = folder.train.take(steps)
         # Evaluation, BatchNorm re-estimation and calibration read arrays: the held-out
         # split, and 20 training batches (TSQ's stages read all training data as arrays).
-        xte, yte = datasets.to_numpy(
+        data.xte, data.yte = datasets.to_numpy(
             folder.validation, max(config.limit // 4, 8) if config.limit else None
         )
         if config.method == "tsq":
-            xtr, ytr = datasets.to_numpy(train_data)
-            train_data = None
+            data.x, data.y = datasets.to_numpy(first)
+            data.batches = None
         else:
-            xtr, ytr = datasets.to_numpy(train_data, 20 * config.batch_size)
-        input_shape, classes = folder.input_shape, len(folder.class_names)
+            data.x, data.y = datasets.to_numpy(first, 20 * config.batch_size)
+            data.batches = lambda epochs, initial: (
+                folder.train_epochs(epochs, initial, steps),
+                steps,
+            )
+        data.input_shape, data.classes = folder.input_shape, len(folder.class_names)
+        data.described = config.data_dir
         say(
             f"{folder.train_size} training and {folder.validation_size} held-out images, "
-            f"{classes} classes, {input_shape[0]}x{input_shape[1]}x{input_shape[2]}"
+            f"{data.classes} classes, {data.input_shape[0]}x{data.input_shape[1]}x"
+            f"{data.input_shape[2]}"
         )
-    else:
-        say(f"loading {config.dataset}")
-        (xtr, ytr), (xte, yte) = datasets.load(config.dataset)
-        if config.limit:
-            xtr, ytr = xtr[: config.limit], ytr[: config.limit]
-            xte, yte = xte[: max(config.limit // 4, 8)], yte[: max(config.limit // 4, 8)]
-        input_shape, classes = xtr.shape[1:], datasets.NUM_CLASSES[config.dataset]
+        return data
+    say(f"loading {config.dataset}")
+    (xtr, ytr), (xte, yte) = datasets.load(config.dataset)
+    if config.limit:
+        xtr, ytr = xtr[: config.limit], ytr[: config.limit]
+        xte, yte = xte[: max(config.limit // 4, 8)], yte[: max(config.limit // 4, 8)]
+    data.x, data.y, data.xte, data.yte = xtr, ytr, xte, yte
+    data.input_shape, data.classes = xtr.shape[1:], datasets.NUM_CLASSES[config.dataset]
+    data.described = f"{len(xtr)} samples"
+    data.batches = lambda epochs, initial: distribute.epoch_batches(
+        xtr, ytr, config.batch_size, config.seed, epochs, initial
+    )
+    return data
+
+
+def _build(config: TrainConfig, data: _Data) -> tuple[keras.Model, Any, list]:
+    """The zoo model, compiled for the method (except TSQ, which compiles itself), and the
+    method's callbacks."""
     model = zoo.build(
         config.model,
         method=config.method,
         method_options=method_options(config),
-        input_shape=input_shape,
-        classes=classes,
+        input_shape=data.input_shape,
+        classes=data.classes,
     )
-    bn_data = xtr[: 20 * config.batch_size]
+    if config.method == "tsq":
+        return model, None, []
+    optimizer, callbacks = _method(config, model)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, optimizer, callbacks
+
+
+def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbose=0):
+    """Train (under the strategy, from the checkpoint when resuming); returns ``(model,
+    data, history, train_seconds, tsq_report)`` with ``model`` an undistributed copy."""
+    say = say or (lambda m: None)
+    strategy = distribute.strategy(config.strategy)
+    if strategy is not None:
+        where = distribute.cluster()
+        say(
+            f"tf.distribute: {type(strategy).__name__}, {strategy.num_replicas_in_sync} "
+            f"replica(s) on {where.workers} worker(s)"
+        )
+    keras.utils.set_random_seed(config.seed)
+    data = _load(config, say)
+    scope = strategy.scope() if strategy is not None else _nullcontext()
+    with scope:
+        model, optimizer, callbacks = _build(config, data)
+    if strategy is not None:
+        distribute.prepare(model, strategy)
+        keras.utils.set_random_seed(config.seed)
+        local, _, _ = _build(config, data)  # undistributed: validation, finalize, export
+    else:
+        local = model
+    bn_data = data.x[: 20 * config.batch_size]
     # Keras validates the network as it trains (soft under mirror descent, with lagging
     # BatchNorm statistics); the curves also show the deployed one at every epoch. It only
     # measures: no epoch is chosen on the test set.
-    hard_validation = HardValidation((xte, yte), bn_data, batch_size=config.batch_size)
-    samples = f"{len(xtr)} samples" if train_data is None else f"{config.data_dir}"
-    say(f"training {config.model} with {config.method} for {config.epochs} epoch(s) on {samples}")
+    hard_validation = HardValidation(
+        (data.xte, data.yte),
+        bn_data,
+        batch_size=config.batch_size,
+        model=None if local is model else local,
+    )
+    state = checkpoint_state(out) if config.resume else None
+    initial_epoch = state["epoch"] if state is not None else 0
+    say(
+        f"training {config.model} with {config.method} for {config.epochs} epoch(s) on "
+        f"{data.described}" + (f", resuming after epoch {initial_epoch}" if state else "")
+    )
     start = time.perf_counter()
     tsq_report = None
     if config.method == "tsq":
@@ -462,20 +648,22 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
             f"TSQ: step 1 (codes, float kernels) {config.epochs - ft} epoch(s), step 2 "
             f"(ternary kernels by response reconstruction), step 3 (fine-tuning) {ft} epoch(s)"
         )
-        result = tsq.fit(
-            model,
-            xtr,
-            ytr,
-            code_epochs=config.epochs - ft,
-            finetune_epochs=ft,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate or 1e-3,
-            validation_data=(xte, yte),
-            callbacks=[hard_validation],
-            verbose=verbose,
-            seed=config.seed,
-        )
+        with scope:
+            result = tsq.fit(
+                model,
+                data.x,
+                data.y,
+                code_epochs=config.epochs - ft,
+                finetune_epochs=ft,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate or 1e-3,
+                validation_data=(data.xte, data.yte),
+                callbacks=[hard_validation],
+                verbose=verbose,
+                seed=config.seed,
+            )
         history = result.history
+        train_seconds = time.perf_counter() - start
         tsq_report = {
             "code_epochs": result.epochs[0],
             "finetune_epochs": result.epochs[1],
@@ -492,22 +680,37 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
             ],
         }
     else:
-        optimizer, callbacks = _method(config, model)
-        model.compile(
-            optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-        )
-        if train_data is not None:  # the pipeline shuffles (and augments) itself
-            fit_data: dict[str, Any] = {"x": train_data, "shuffle": False}
-        else:
-            fit_data = {"x": xtr, "y": ytr, "batch_size": config.batch_size}
-        history = model.fit(
-            **fit_data,
+        if state is not None:
+            with scope:
+                optimizer.build(model.trainable_variables)
+                model.load_weights(str(out / CHECKPOINTS / state["weights"]))
+        checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
+        dataset, steps = data.batches(config.epochs, initial_epoch)
+        model.fit(
+            dataset,
             epochs=config.epochs,
-            validation_data=(xte, yte),
-            callbacks=[*callbacks, hard_validation],
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            validation_data=(data.xte, data.yte),
+            callbacks=[*callbacks, hard_validation, checkpoints],
             verbose=verbose,
-        ).history
-    train_seconds = time.perf_counter() - start
+        )
+        history = checkpoints.history
+        train_seconds = checkpoints.seconds + time.perf_counter() - start
+    if local is not model:
+        distribute.copy_state(model, local)
+    return local, data, history, train_seconds, tsq_report
+
+
+def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dict:
+    def stage(name: str) -> str:
+        return outputs.stage_path(out / name)
+
+    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    say = (lambda m: print(f"[tfquant train] {m}", flush=True)) if verbose else (lambda m: None)
+    model, data, history, train_seconds, tsq_report = _train(config, out, True, say, verbose)
+    xtr, xte, yte = data.x, data.xte, data.yte
+    bn_data = xtr[: 20 * config.batch_size]
 
     say("finalizing: exact quantized kernels, BatchNorm re-estimated on 20 training batches")
     finalize(model, bn_data, batch_size=config.batch_size)
