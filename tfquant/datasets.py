@@ -617,10 +617,10 @@ def image_folder(
         shuffle_buffer = min(train_size, 10_000, max(batch_size, 2**28 // image_bytes))
     base = cached(train, "train")
 
-    def one_epoch(epoch):
+    def one_epoch(epoch: int):
         """Epoch ``epoch``'s batches: the shuffle and the augmentation seeded by
         ``(seed, epoch)`` alone, so a resumed run reads what an uninterrupted one does."""
-        epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+        epoch_seed = (seed * 1_000_003 + epoch) % 2**31
         ds = base.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
         ds = ds.batch(batch_size)
         if augment is None or not augment.active:
@@ -635,13 +635,20 @@ def image_folder(
 
     def train_epochs(epochs: int, initial_epoch: int = 0, steps: int | None = None):
         """Epochs ``initial_epoch`` to ``epochs - 1`` in sequence (each its first ``steps``
-        batches when given), for ``fit(..., steps_per_epoch=..., initial_epoch=...)``."""
-        per_epoch = (lambda e: one_epoch(e).take(steps)) if steps else one_epoch
-        return (
-            tf.data.Dataset.range(initial_epoch, epochs)
-            .flat_map(per_epoch)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        batches when given), for ``fit(..., steps_per_epoch=..., initial_epoch=...)``. The
+        epochs are concatenated in Python (tf.data's shuffle takes no tensor seed); the
+        cache is shared, so images are decoded once."""
+        if not 0 <= initial_epoch < epochs:
+            raise ValueError(
+                f"Expected 0 <= initial_epoch < epochs. Received: {initial_epoch}, {epochs}"
+            )
+        parts = [one_epoch(e) for e in range(initial_epoch, epochs)]
+        if steps:
+            parts = [part.take(steps) for part in parts]
+        ds = parts[0]
+        for part in parts[1:]:
+            ds = ds.concatenate(part)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     train = base.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     train = train.batch(batch_size)
