@@ -290,9 +290,15 @@ class _Checkpoints(keras.callbacks.Callback):
         previous = checkpoint_state(self.directory.parent)
         name = f"epoch-{epoch + 1:04d}.weights.h5"
         self.model.save_weights(str(self.directory / name), overwrite=True)
+        # The random generators' states (CPQ's noise, DropBits), which save_weights leaves
+        # out, continue where they were.
+        extra = f"epoch-{epoch + 1:04d}.random.npz"
+        with open(self.directory / extra, "wb") as f:
+            np.savez(f, *[v.numpy() for v in _random_states(self.model)])
         state = {
             "epoch": epoch + 1,
             "weights": name,
+            "random": extra,
             "config": dataclasses.asdict(self.config),
             "history": self.history,
             "train_seconds": self.seconds + time.perf_counter() - self._start,
@@ -302,6 +308,29 @@ class _Checkpoints(keras.callbacks.Callback):
         os.replace(tmp, self.directory / "state.json")
         if previous is not None and previous["weights"] != name:
             (self.directory / previous["weights"]).unlink(missing_ok=True)
+            (self.directory / previous.get("random", "-")).unlink(missing_ok=True)
+
+
+def _random_states(model: keras.Model) -> list:
+    """The model's variables that ``save_weights`` leaves out: Keras' random generators'
+    states, in the model's order."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _restore(model: keras.Model, directory: pathlib.Path, state: dict) -> None:
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(str(directory / state["weights"]))
+    with np.load(directory / state["random"]) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    variables = _random_states(model)
+    if len(values) != len(variables):
+        raise ValueError(
+            f"Expected {len(variables)} random-generator states in {state['random']}. "
+            f"Received: {len(values)}"
+        )
+    for variable, value in zip(variables, values):
+        variable.assign(value)
 
 
 def _method(config: TrainConfig, model: keras.Model) -> tuple[Any, list]:
@@ -682,8 +711,7 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
     else:
         if state is not None:
             with scope:
-                optimizer.build(model.trainable_variables)
-                model.load_weights(str(out / CHECKPOINTS / state["weights"]))
+                _restore(model, out / CHECKPOINTS, state)
         checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
         dataset, steps = data.batches(config.epochs, initial_epoch)
         model.fit(
