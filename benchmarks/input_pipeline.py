@@ -105,9 +105,11 @@ def loader_rates(root, args) -> dict:
             **kwargs,
         )
         result = {"cache": folder.cache, "train_images": folder.train_size}
-        first, _ = epoch_rate(folder.train)  # tracing; for the cache, decoding and filling it
+        # the first epoch traces, decodes and fills the cache
+        first, _ = epoch_rate(folder.train_epochs(1))
         result["first_epoch_images_per_second"] = first
-        rates = [epoch_rate(folder.train)[0] for _ in range(args.epochs)]
+        # what tfquant train reads: each epoch's own seeded shuffle, the cache shared
+        rates = [epoch_rate(folder.train_epochs(e + 2, e + 1))[0] for e in range(args.epochs)]
         result["images_per_second"] = float(np.median(rates))
         result["images_per_second_per_epoch"] = rates
         out[name] = result
@@ -146,7 +148,7 @@ def train_rates(root, args, input_shape, classes) -> dict:
     ys = rng.integers(0, classes, n)
     fits = {
         "arrays": lambda: model.fit(xs, ys, batch_size=args.batch_size, epochs=1, verbose=0),
-        "pipeline": lambda: model.fit(folder.train, epochs=1, verbose=0, shuffle=False),
+        "pipeline": lambda: model.fit(folder.train_epochs(1), epochs=1, verbose=0, shuffle=False),
     }
     for fit in fits.values():  # warm-up: traces fit, fills the cache
         fit()

@@ -36,9 +36,7 @@ def _run(code: str, **env_changes: str | None) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(
-    "order", list(itertools.permutations(_MODULES)), ids=lambda o: "-".join(o)
-)
+@pytest.mark.parametrize("order", list(itertools.permutations(_MODULES)), ids=lambda o: "-".join(o))
 def test_every_import_order_works_and_sets_no_environment_variable(order):
     code = "import os\n" + "\n".join(_MODULES[m] for m in order) + "\n" + _USE
     proc = _run(code)

@@ -208,7 +208,10 @@ def test_metadata_under_mirrored_strategy(mirrored):
     model.fit(np.ones((4, 8, 8, 3)), np.ones((4, 5)), batch_size=4, verbose=0)
     assert ("sequential/quant_conv2d/kernel:0", True) in seen
     assert all(not flag for name, flag in seen if "batch_normalization" in name)
-    assert ("sequential/quant_conv2d/kernel/replica_1:0", True) in seen  # the second replica's component
+    assert (
+        "sequential/quant_conv2d/kernel/replica_1:0",
+        True,
+    ) in seen  # the second replica's component
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,9 @@ def copy_state(source: keras.Model, target: keras.Model) -> None:
     """Copy the weights and, when both are compiled and built, the optimizer's variables."""
     target.set_weights(source.get_weights())
     optimizer = getattr(source, "optimizer", None)
-    if getattr(optimizer, "built", False) and getattr(target, "optimizer", None) is not None:
+    if getattr(optimizer, "built", False) and type(getattr(target, "optimizer", None)) is type(
+        optimizer
+    ):
         if not target.optimizer.built:
             target.optimizer.build(target.trainable_variables)
         for a, b in zip(target.optimizer.variables, optimizer.variables):

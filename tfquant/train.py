@@ -642,13 +642,18 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
         )
     keras.utils.set_random_seed(config.seed)
     data = _load(config, say)
-    scope = strategy.scope() if strategy is not None else _nullcontext()
-    with scope:
+
+    def scope():
+        return strategy.scope() if strategy is not None else _nullcontext()
+
+    with scope():
         model, optimizer, callbacks = _build(config, data)
     if strategy is not None:
         distribute.prepare(model, strategy)
         keras.utils.set_random_seed(config.seed)
         local, _, _ = _build(config, data)  # undistributed: validation, finalize, export
+        if config.method == "tsq":  # TSQ compiles the trained model itself
+            local.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     else:
         local = model
     bn_data = data.x[: 20 * config.batch_size]
@@ -677,7 +682,7 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
             f"TSQ: step 1 (codes, float kernels) {config.epochs - ft} epoch(s), step 2 "
             f"(ternary kernels by response reconstruction), step 3 (fine-tuning) {ft} epoch(s)"
         )
-        with scope:
+        with scope():
             result = tsq.fit(
                 model,
                 data.x,
@@ -710,7 +715,7 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
         }
     else:
         if state is not None:
-            with scope:
+            with scope():
                 _restore(model, out / CHECKPOINTS, state)
         checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
         dataset, steps = data.batches(config.epochs, initial_epoch)

@@ -159,10 +159,15 @@ def _qconv(
         use_bias=False,
         name=name,
     )
+    return _relu_unless_quantized(conv, input_quantizer, name)
+
+
+def _relu_unless_quantized(layer, input_quantizer, name: str):
+    """``layer``, or without an input quantizer ``layer`` after a ReLU (the nonlinearity)."""
     if input_quantizer is not None:
-        return conv
+        return layer
     relu = keras.layers.ReLU(name=f"{name}_relu")
-    return lambda x: conv(relu(x))
+    return lambda x: layer(relu(x))
 
 
 def _bn(name: str, affine: bool = True) -> keras.layers.BatchNormalization:
@@ -275,10 +280,7 @@ def _qdense(units: int, input_quantizer, kernel_quantizer, name: str):
         use_bias=False,
         name=name,
     )
-    if input_quantizer is not None:
-        return dense
-    relu = keras.layers.ReLU(name=f"{name}_relu")
-    return lambda x: dense(relu(x))
+    return _relu_unless_quantized(dense, input_quantizer, name)
 
 
 def resnet18(

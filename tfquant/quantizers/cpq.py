@@ -517,6 +517,8 @@ class CPQQuantizer(Quantizer):
             dtype="float32",
             initializer=keras.initializers.Constant(math.log(self.alpha)),
             trainable=True,
+            # set once from the first batch in a replica's context (the same on all)
+            aggregation="only_first_replica",
         )
         self.log_sigma = self.add_weight(
             name="log_sigma",
@@ -524,6 +526,8 @@ class CPQQuantizer(Quantizer):
             dtype="float32",
             initializer=keras.initializers.Constant(math.log(self.sigma)),
             trainable=True,
+            # set once from the first batch in a replica's context (the same on all)
+            aggregation="only_first_replica",
         )
         self.bit_gates = None
         if self.bits > 1:
@@ -628,18 +632,21 @@ class CPQQuantizer(Quantizer):
         unless given. A no-op once done."""
         q_max = max(abs(c) for c in code_range(self.bits, self.signed))
         mean_abs = tf.reduce_mean(tf.abs(tf.cast(x, tf.float32)))
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # under tf.distribute: the global batch's mean, so every replica sets one alpha
+            mean_abs = replica.all_reduce("MEAN", mean_abs)
         alpha = tf.maximum(2.0 * mean_abs / math.sqrt(max(q_max, 1)), 1e-6)
-
-        def assign():
-            ops = [self.log_alpha.assign(tf.math.log(alpha))]
-            if self.auto_sigma:
-                ops.append(self.log_sigma.assign(tf.math.log(alpha / 3.0)))
-            with tf.control_dependencies(ops):
-                return self.alpha_initialized.assign(1.0)
-
-        return tf.cond(
-            self.alpha_initialized > 0.5, lambda: tf.identity(self.alpha_initialized), assign
-        )
+        # Assigned on every call (a no-op once initialized) rather than under tf.cond: a
+        # distributed variable cannot be assigned inside a cond in a replica's context.
+        done = self.alpha_initialized > 0.5
+        ops = [self.log_alpha.assign(tf.where(done, self.log_alpha, tf.math.log(alpha)))]
+        if self.auto_sigma:
+            ops.append(
+                self.log_sigma.assign(tf.where(done, self.log_sigma, tf.math.log(alpha / 3.0)))
+            )
+        with tf.control_dependencies(ops):
+            return self.alpha_initialized.assign(1.0)
 
     def _bit_regulariser(self, x):
         nonzero = hard_concrete_nonzero(self.bit_gates)
