@@ -261,8 +261,10 @@ def test_train_overwrite_replaces_the_whole_set(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "wrote to" in proc.stdout and "model.tflite" not in proc.stdout.splitlines()[-1]
     # --no-convert writes no model.tflite: the previous one goes too, so the directory holds
-    # one run's set, never a mix; other files are left alone.
+    # one run's set, never a mix; other files are left alone. The checkpoints are the run's
+    # too (--resume).
     assert sorted(os.listdir(out)) == [
+        "checkpoints",
         "curves.png",
         "model.keras",
         "notes.txt",
@@ -384,7 +386,16 @@ def test_train_interrupted_keeps_the_previous_run(tmp_path, needle, delay, sig, 
     assert code == 128 + sig, (moment, code, stdout[-500:], err[-2000:])
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "tfquant train: interrupted; nothing written"
-    assert listing(out) == before, moment
+    after = listing(out)
+    checkpoints = {k for k in after if k.startswith("checkpoints/")}
+    assert {k: v for k, v in after.items() if k not in checkpoints} == before, moment
+    if needle == "finalizing":  # every epoch's checkpoint is there: --resume only finalizes
+        assert "checkpoints/state.json" in checkpoints
+        proc = tfquant("train", *TRAIN_SMALL, "--no-convert", "--out", out, "-q", "--resume")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (out / "model.keras").read_bytes() != b"previous run"
+        proc = tfquant("train", *TRAIN_SMALL, "--no-convert", "--out", out, "-q", "--resume")
+        assert proc.returncode == 2 and "nothing to resume" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_train_interrupted_in_a_new_out_removes_it(tmp_path):

@@ -200,7 +200,7 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
             f"Expected --resume with the checkpoints of a run in {out / CHECKPOINTS}. "
             "Received: none there"
         )
-    if state is not None and not config.resume and not config.overwrite:
+    if state is not None and not state.get("finished") and not (config.resume or config.overwrite):
         raise ValueError(
             f"{out} holds the checkpoints of a run stopped after epoch {state['epoch']} of "
             f"{state['config']['epochs']}. Pass --resume to continue it, --overwrite to start "
@@ -259,7 +259,7 @@ def _check_resumable(config: TrainConfig, state: dict) -> None:
             "must train what it would have trained). Received changes: "
             + ", ".join(f"{k}={current[k]!r} (was {saved.get(k)!r})" for k in changed)
         )
-    if state["epoch"] >= config.epochs:
+    if state.get("finished"):
         raise ValueError(
             f"The checkpointed run in {config.out} finished its {config.epochs} epochs; "
             "nothing to resume. Received: --resume"
@@ -303,9 +303,7 @@ class _Checkpoints(keras.callbacks.Callback):
             "history": self.history,
             "train_seconds": self.seconds + time.perf_counter() - self._start,
         }
-        tmp = self.directory / f".state.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.directory / "state.json")
+        _write_state(self.directory, state)
         if previous is not None and previous["weights"] != name:
             (self.directory / previous["weights"]).unlink(missing_ok=True)
             (self.directory / previous.get("random", "-")).unlink(missing_ok=True)
@@ -551,7 +549,16 @@ def run(config: TrainConfig) -> dict:
             for name in ARTIFACTS:
                 outputs.remove_on_commit(out / name)
             outputs.commit()
+    state = checkpoint_state(out)
+    if state is not None and config.method != "tsq":  # the artifacts are this run's
+        _write_state(out / CHECKPOINTS, {**state, "finished": True})
     return report
+
+
+def _write_state(directory: pathlib.Path, state: dict) -> None:
+    tmp = directory / f".state.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, directory / "state.json")
 
 
 class _Data:
@@ -718,6 +725,7 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
             with scope():
                 _restore(model, out / CHECKPOINTS, state)
         checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
+    if config.method != "tsq" and initial_epoch < config.epochs:
         dataset, steps = data.batches(config.epochs, initial_epoch)
         model.fit(
             dataset,
@@ -728,6 +736,7 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
             callbacks=[*callbacks, hard_validation, checkpoints],
             verbose=verbose,
         )
+    if config.method != "tsq":  # (a run stopped after its last epoch only finalizes)
         history = checkpoints.history
         train_seconds = checkpoints.seconds + time.perf_counter() - start
     if local is not model:
