@@ -617,21 +617,28 @@ def image_folder(
         shuffle_buffer = min(train_size, 10_000, max(batch_size, 2**28 // image_bytes))
     base = cached(train, "train")
 
-    def one_epoch(epoch: int):
-        """Epoch ``epoch``'s batches: the shuffle and the augmentation seeded by
-        ``(seed, epoch)`` alone, so a resumed run reads what an uninterrupted one does."""
-        epoch_seed = (seed * 1_000_003 + epoch) % 2**31
-        ds = base.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-        ds = ds.batch(batch_size)
+    def batches(shuffled, seed_, rerandomize: bool):
+        """Batch, scale and (for training) augment, each batch's augmentation seeded from
+        ``seed_``'s stream (re-drawn each iteration when ``rerandomize``)."""
+        ds = shuffled.batch(batch_size)
         if augment is None or not augment.active:
             return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-        seeds = tf.data.Dataset.random(seed=epoch_seed).batch(2)
+        seeds = tf.data.Dataset.random(seed=seed_, rerandomize_each_iteration=rerandomize)
 
         def augmented(batch, s):
             x, y = finish(*batch)
             return _augment_batch(x, s, augment), y
 
-        return tf.data.Dataset.zip((ds, seeds)).map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+        return tf.data.Dataset.zip((ds, seeds.batch(2))).map(
+            augmented, num_parallel_calls=tf.data.AUTOTUNE
+        )
+
+    def one_epoch(epoch: int):
+        """Epoch ``epoch``'s batches: the shuffle and the augmentation seeded by
+        ``(seed, epoch)`` alone, so a resumed run reads what an uninterrupted one does."""
+        epoch_seed = (seed * 1_000_003 + epoch) % 2**31
+        shuffled = base.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        return batches(shuffled, epoch_seed, rerandomize=False)
 
     def train_epochs(epochs: int, initial_epoch: int = 0, steps: int | None = None):
         """Epochs ``initial_epoch`` to ``epochs - 1`` in sequence (each its first ``steps``
@@ -650,20 +657,8 @@ def image_folder(
             ds = ds.concatenate(part)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    train = base.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    train = train.batch(batch_size)
-    if augment is not None and augment.active:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-
-        def augmented(batch, s):
-            x, y = finish(*batch)
-            return _augment_batch(x, s, augment), y
-
-        train = tf.data.Dataset.zip((train, seeds)).map(
-            augmented, num_parallel_calls=tf.data.AUTOTUNE
-        )
-    else:
-        train = train.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    shuffled = base.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    train = batches(shuffled, seed, rerandomize=True)
     train = train.prefetch(tf.data.AUTOTUNE)
     if validation is not None:
         validation = (

@@ -15,6 +15,7 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext as _nullcontext
 from typing import Any
 
@@ -561,14 +562,30 @@ def _write_state(directory: pathlib.Path, state: dict) -> None:
     os.replace(tmp, directory / "state.json")
 
 
+@dataclasses.dataclass
 class _Data:
-    """The training data of a run: arrays (``x``, ``y``: for a dataset, all of it; for an
-    image folder, 20 batches for BatchNorm and calibration), ``xte``, ``yte``, the shape and
-    classes, and ``batches(epochs, initial_epoch)`` -> (dataset, steps per epoch)."""
+    """The data of a run: ``x``, ``y`` arrays (a dataset's training split; for an image
+    folder, 20 batches for BatchNorm and calibration, or all of it for TSQ), the held-out
+    ``xte``, ``yte``, the input shape and classes, and ``batches(epochs, initial_epoch)``
+    -> (dataset, steps per epoch) of the training batches (``None`` for TSQ)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    xte: np.ndarray
+    yte: np.ndarray
+    input_shape: tuple
+    classes: int
+    described: str  # what the progress line says it trains on
+    batches: Callable[[int, int], tuple[Any, int]] | None
+    batch_size: int
+
+    @property
+    def bn_data(self) -> np.ndarray:
+        """The inputs BatchNorm is re-estimated on: the first 20 training batches."""
+        return self.x[: 20 * self.batch_size]
 
 
 def _load(config: TrainConfig, say) -> _Data:
-    data = _Data()
     if config.data_dir is not None:
         say(f"reading the image folders in {config.data_dir}")
         folder = datasets.image_folder(
@@ -585,38 +602,47 @@ def _load(config: TrainConfig, say) -> _Data:
         first = folder.train.take(steps)
         # Evaluation, BatchNorm re-estimation and calibration read arrays: the held-out
         # split, and 20 training batches (TSQ's stages read all training data as arrays).
-        data.xte, data.yte = datasets.to_numpy(
+        xte, yte = datasets.to_numpy(
             folder.validation, max(config.limit // 4, 8) if config.limit else None
         )
-        if config.method == "tsq":
-            data.x, data.y = datasets.to_numpy(first)
-            data.batches = None
-        else:
-            data.x, data.y = datasets.to_numpy(first, 20 * config.batch_size)
-            data.batches = lambda epochs, initial: (
-                folder.train_epochs(epochs, initial, steps),
-                steps,
-            )
-        data.input_shape, data.classes = folder.input_shape, len(folder.class_names)
-        data.described = config.data_dir
+        tsq = config.method == "tsq"
+        x, y = datasets.to_numpy(first, None if tsq else 20 * config.batch_size)
+        input_shape, classes = folder.input_shape, len(folder.class_names)
         say(
             f"{folder.train_size} training and {folder.validation_size} held-out images, "
-            f"{data.classes} classes, {data.input_shape[0]}x{data.input_shape[1]}x"
-            f"{data.input_shape[2]}"
+            f"{classes} classes, {input_shape[0]}x{input_shape[1]}x{input_shape[2]}"
         )
-        return data
+        return _Data(
+            x=x,
+            y=y,
+            xte=xte,
+            yte=yte,
+            input_shape=input_shape,
+            classes=classes,
+            described=config.data_dir,
+            batches=None
+            if tsq
+            else lambda epochs, initial: (folder.train_epochs(epochs, initial, steps), steps),
+            batch_size=config.batch_size,
+        )
     say(f"loading {config.dataset}")
     (xtr, ytr), (xte, yte) = datasets.load(config.dataset)
     if config.limit:
         xtr, ytr = xtr[: config.limit], ytr[: config.limit]
         xte, yte = xte[: max(config.limit // 4, 8)], yte[: max(config.limit // 4, 8)]
-    data.x, data.y, data.xte, data.yte = xtr, ytr, xte, yte
-    data.input_shape, data.classes = xtr.shape[1:], datasets.NUM_CLASSES[config.dataset]
-    data.described = f"{len(xtr)} samples"
-    data.batches = lambda epochs, initial: distribute.epoch_batches(
-        xtr, ytr, config.batch_size, config.seed, epochs, initial
+    return _Data(
+        x=xtr,
+        y=ytr,
+        xte=xte,
+        yte=yte,
+        input_shape=xtr.shape[1:],
+        classes=datasets.NUM_CLASSES[config.dataset],
+        described=f"{len(xtr)} samples",
+        batches=lambda epochs, initial: distribute.epoch_batches(
+            xtr, ytr, config.batch_size, config.seed, epochs, initial
+        ),
+        batch_size=config.batch_size,
     )
-    return data
 
 
 def _build(config: TrainConfig, data: _Data) -> tuple[keras.Model, Any, list]:
@@ -663,13 +689,12 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
             local.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     else:
         local = model
-    bn_data = data.x[: 20 * config.batch_size]
     # Keras validates the network as it trains (soft under mirror descent, with lagging
     # BatchNorm statistics); the curves also show the deployed one at every epoch. It only
     # measures: no epoch is chosen on the test set.
     hard_validation = HardValidation(
         (data.xte, data.yte),
-        bn_data,
+        data.bn_data,
         batch_size=config.batch_size,
         model=None if local is model else local,
     )
@@ -725,18 +750,17 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
             with scope():
                 _restore(model, out / CHECKPOINTS, state)
         checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
-    if config.method != "tsq" and initial_epoch < config.epochs:
-        dataset, steps = data.batches(config.epochs, initial_epoch)
-        model.fit(
-            dataset,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            validation_data=(data.xte, data.yte),
-            callbacks=[*callbacks, hard_validation, checkpoints],
-            verbose=verbose,
-        )
-    if config.method != "tsq":  # (a run stopped after its last epoch only finalizes)
+        if initial_epoch < config.epochs:  # (a run stopped after its last epoch finalizes)
+            dataset, steps = data.batches(config.epochs, initial_epoch)
+            model.fit(
+                dataset,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                validation_data=(data.xte, data.yte),
+                callbacks=[*callbacks, hard_validation, checkpoints],
+                verbose=verbose,
+            )
         history = checkpoints.history
         train_seconds = checkpoints.seconds + time.perf_counter() - start
     if local is not model:
@@ -751,8 +775,7 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     say = (lambda m: print(f"[tfquant train] {m}", flush=True)) if verbose else (lambda m: None)
     model, data, history, train_seconds, tsq_report = _train(config, out, True, say, verbose)
-    xtr, xte, yte = data.x, data.xte, data.yte
-    bn_data = xtr[: 20 * config.batch_size]
+    xtr, xte, yte, bn_data = data.x, data.xte, data.yte, data.bn_data
 
     say("finalizing: exact quantized kernels, BatchNorm re-estimated on 20 training batches")
     finalize(model, bn_data, batch_size=config.batch_size)
