@@ -11,8 +11,14 @@ from tfquant import datasets
 from tfquant.train import METHODS
 
 LIMIT = 256
-# Options a method is run with here: cpq learns its widths (the longest path through it).
-EXTRA = {"cpq": ["--bits", "3", "--learn-bits"], "dorefa": ["--bits", "2"]}
+# Options a method is run with here: cpq learns its widths (the longest path through it);
+# tsq trains binary_cnn, its paper's shape (no float shortcuts), on which its codes pass
+# between the int8 convs exactly (README, "Two-Step Quantization").
+EXTRA = {
+    "cpq": ["--bits", "3", "--learn-bits"],
+    "dorefa": ["--bits", "2"],
+    "tsq": ["--model", "binary_cnn"],
+}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -42,7 +48,11 @@ def test_train_each_method_end_to_end(tmp_path, method):
     assert report["config"]["method"] == method
     became = [layer["became"] for layer in report["conversion"]["layers"]]
     if method == "tsq":  # ternary kernels on 2-bit codes: int8 kernels, no binary ones
-        assert became == ["int8"] * 6 and "LceBconv2d" not in report["conversion"]["ops"]
+        assert became == ["int8"] * 4 and "LceBconv2d" not in report["conversion"]["ops"]
+        # the codes pass exactly between the ternary convs; the last feeds the float head
+        assert [layer["exact"] for layer in report["conversion"]["layers"]] == [True] * 3 + [
+            False
+        ]
         steps = report["tsq"]
         assert (steps["code_epochs"], steps["finetune_epochs"]) == (1, 1)
         names = [layer["name"] for layer in report["conversion"]["layers"]]
@@ -80,7 +90,8 @@ def test_train_each_method_end_to_end(tmp_path, method):
     assert report["test_accuracy_tflite"] == pytest.approx(
         report["test_accuracy_keras_same_samples"], abs=0.05
     )
-    assert "tfquant train: bireal_cnn on digits" in (out / "report.md").read_text()
+    model_name = "binary_cnn" if method == "tsq" else "bireal_cnn"
+    assert f"tfquant train: {model_name} on digits" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

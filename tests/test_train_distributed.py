@@ -173,6 +173,34 @@ RESUME_ARGS = [
 ]
 
 
+def _kill_when(args, out, when) -> dict:
+    """Start ``tfquant train`` (``args``, ``--out out``, resuming when ``out`` holds
+    checkpoints) and SIGKILL it as soon as its checkpoint state satisfies ``when``; returns
+    that state."""
+    resume = ["--resume"] if (out / "checkpoints").exists() else []
+    path = out / "checkpoints" / "state.json"
+    before = path.read_text() if path.exists() else None
+    proc = subprocess.Popen(
+        _command(*args, "--out", str(out), *resume),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            text = path.read_text() if path.exists() else None
+            if text is not None and text != before and when(json.loads(text)):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return json.loads(path.read_text())
+
+
 @pytest.mark.parametrize("method", ["md-tanh-s", "binary-relax", "cpq"])
 def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, method):
     """SIGKILL once the first epoch's checkpoint is on disk, then --resume: the weights, the
@@ -185,25 +213,7 @@ def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, method):
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _command(*args, "--out", str(out)),
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    state = out / "checkpoints" / "state.json"
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            if state.exists():
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = json.loads(state.read_text())["epoch"]
+    killed_at = _kill_when(args, out, lambda state: True)["epoch"]
     assert 1 <= killed_at < 4
     assert not (out / "model.keras").exists()  # nothing final yet
 
@@ -224,6 +234,39 @@ def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, method):
         assert rb["test_accuracy"] == ra["test_accuracy"]
     finished = _run(*args, "--out", str(out), "--resume")
     assert finished.returncode == 2 and "finished" in finished.stderr
+
+
+def test_tsq_killed_in_each_step_and_resumed_ends_bit_identical(tmp_path):
+    """TSQ's three steps checkpoint too: killed during step 1, during step 2 (after step 1's
+    last epoch), and after step 2 (its solved ternary kernels and fresh step-3 optimizer are
+    a checkpoint of their own), each time resumed, the run ends with the uninterrupted
+    run's variables, history and step-2 records, bit for bit."""
+    args = [*RESUME_ARGS, "--limit", "384", "--method", "tsq", "--finetune-epochs", "2"]
+    whole = _run(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    in_step1 = _kill_when(args, out, lambda s: True)
+    assert in_step1["epoch"] == 1 and in_step1["tsq"]["records"] is None
+    in_step2 = _kill_when(args, out, lambda s: s["epoch"] == 2)
+    assert in_step2["tsq"]["records"] is None  # killed while step 2 ran
+    after_step2 = _kill_when(args, out, lambda s: s["tsq"]["records"] is not None)
+    assert after_step2["epoch"] == 2 and after_step2["weights"].endswith("-step2.weights.h5")
+    resumed = _run(*args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = _checkpoint(tmp_path / "whole"), _checkpoint(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (tmp_path / "whole", out))
+    assert rb["history"] == ra["history"] and len(ra["history"]["loss"]) == 4
+    assert rb["test_accuracy"] == ra["test_accuracy"]
+    layers = ("name", "rows", "error_before", "error_after", "batchnorm_folded")
+    assert [[x[k] for k in layers] for x in rb["tsq"]["layers"]] == [
+        [x[k] for k in layers] for x in ra["tsq"]["layers"]
+    ]
+    assert len(ra["tsq"]["layers"]) >= 2
 
 
 def test_resume_without_checkpoints_is_refused(tmp_path):

@@ -223,6 +223,13 @@ def test_fit_without_step2_and_bad_input():
         tsq.fit(model, x, y, code_epochs=1, finetune_epochs=-1)
     with pytest.raises(ValueError, match="code_epochs"):
         tsq.fit(model, x, y, code_epochs=0, finetune_epochs=1)
+    # a resume point: step 3's epochs only after step 2 (its records), step 1's only before
+    with pytest.raises(ValueError, match="initial_epoch=2, step2_records None"):
+        tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, initial_epoch=2)
+    with pytest.raises(ValueError, match="initial_epoch=0, step2_records given"):
+        tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, step2_records=[])
+    with pytest.raises(ValueError, match=r"in 1\.\.3 after it. Received: initial_epoch=4"):
+        tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, initial_epoch=4, step2_records=[])
     binary = zoo.build("binary_cnn", method="ste", input_shape=x.shape[1:], widths=(32, 32))
     with pytest.raises(ValueError, match="kernel_quantizer is a SteTernary"):
         tsq.fit(binary, x, y, code_epochs=1, finetune_epochs=0)

@@ -72,11 +72,6 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(
             f"Expected strategy in {distribute.STRATEGIES}. Received: {config.strategy!r}"
         )
-    if config.resume and config.method == "tsq":
-        raise ValueError(
-            "Expected --resume with a single-stage method: TSQ's three steps (code learning, "
-            "kernel reconstruction, fine-tuning) are not checkpointed. Received: method 'tsq'"
-        )
     if config.data_dir is None and (config.image_size is not None or config.augment):
         raise ValueError(
             "Expected image_size and augment only with data_dir (an image-folder tree). "
@@ -281,33 +276,53 @@ class _Checkpoints(keras.callbacks.Callback):
         self.history = {k: list(v) for k, v in start.get("history", {}).items()}
         self.seconds = float(start.get("train_seconds", 0.0))
         self._start = time.perf_counter()
+        self.extra: dict = {}  # more state (TSQ: its step)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
+        self.save(self.model, epoch + 1)
+
+    def save(self, model: keras.Model, epochs: int, tag: str = "") -> None:
+        """Checkpoint ``model`` as having trained ``epochs`` epochs (``tag``: a name suffix
+        for a second checkpoint after the same epoch, e.g. TSQ's step 2)."""
         if not self.enabled:
             return
         self.directory.mkdir(exist_ok=True)
         previous = checkpoint_state(self.directory.parent)
-        name = f"epoch-{epoch + 1:04d}.weights.h5"
-        self.model.save_weights(str(self.directory / name), overwrite=True)
+        name = f"epoch-{epochs:04d}{tag}.weights.h5"
+        model.save_weights(str(self.directory / name), overwrite=True)
         # The random generators' states (CPQ's noise, DropBits), which save_weights leaves
         # out, continue where they were.
-        extra = f"epoch-{epoch + 1:04d}.random.npz"
+        extra = f"epoch-{epochs:04d}{tag}.random.npz"
         with open(self.directory / extra, "wb") as f:
-            np.savez(f, *[v.numpy() for v in _random_states(self.model)])
+            np.savez(f, *[v.numpy() for v in _random_states(model)])
         state = {
-            "epoch": epoch + 1,
+            "epoch": epochs,
             "weights": name,
             "random": extra,
             "config": dataclasses.asdict(self.config),
             "history": self.history,
             "train_seconds": self.seconds + time.perf_counter() - self._start,
+            **self.extra,
         }
         _write_state(self.directory, state)
         if previous is not None and previous["weights"] != name:
             (self.directory / previous["weights"]).unlink(missing_ok=True)
             (self.directory / previous.get("random", "-")).unlink(missing_ok=True)
+
+
+def _record_json(record) -> dict:
+    """A TSQ step-2 LayerRecord as JSON (the checkpoint state keeps them)."""
+    d = dataclasses.asdict(record)
+    return {
+        **d,
+        "alpha": np.asarray(d["alpha"]).tolist(),
+        "rows": int(d["rows"]),
+        "error_before": float(d["error_before"]),
+        "error_after": float(d["error_after"]),
+        "folded": bool(d["folded"]),
+    }
 
 
 def _random_states(model: keras.Model) -> list:
@@ -551,7 +566,7 @@ def run(config: TrainConfig) -> dict:
                 outputs.remove_on_commit(out / name)
             outputs.commit()
     state = checkpoint_state(out)
-    if state is not None and config.method != "tsq":  # the artifacts are this run's
+    if state is not None:  # the artifacts are this run's
         _write_state(out / CHECKPOINTS, {**state, "finished": True})
     return report
 
@@ -567,7 +582,8 @@ class _Data:
     """The data of a run: ``x``, ``y`` arrays (a dataset's training split; for an image
     folder, 20 batches for BatchNorm and calibration, or all of it for TSQ), the held-out
     ``xte``, ``yte``, the input shape and classes, and ``batches(epochs, initial_epoch)``
-    -> (dataset, steps per epoch) of the training batches (``None`` for TSQ)."""
+    -> (dataset, steps per epoch) of the training batches, which depend only on the seed and
+    the epoch."""
 
     x: np.ndarray
     y: np.ndarray
@@ -576,7 +592,7 @@ class _Data:
     input_shape: tuple
     classes: int
     described: str  # what the progress line says it trains on
-    batches: Callable[[int, int], tuple[Any, int]] | None
+    batches: Callable[[int, int], tuple[Any, int]]
     batch_size: int
 
     @property
@@ -620,7 +636,12 @@ def _load(config: TrainConfig, say) -> _Data:
             input_shape=input_shape,
             classes=classes,
             described=config.data_dir,
-            batches=None
+            # TSQ trains on the arrays its step 2 reads (without further augmentation)
+            batches=(
+                lambda epochs, initial: distribute.epoch_batches(
+                    x, y, config.batch_size, config.seed, epochs, initial
+                )
+            )
             if tsq
             else lambda epochs, initial: (folder.train_epochs(epochs, initial, steps), steps),
             batch_size=config.batch_size,
@@ -714,6 +735,17 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
             f"TSQ: step 1 (codes, float kernels) {config.epochs - ft} epoch(s), step 2 "
             f"(ternary kernels by response reconstruction), step 3 (fine-tuning) {ft} epoch(s)"
         )
+        checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
+        # state["tsq"]["records"]: None until step 2 has run, then its layer records
+        checkpoints.extra = {"tsq": (state or {}).get("tsq", {"records": None, "seconds": 0.0})}
+        saved = checkpoints.extra["tsq"]["records"]
+
+        def on_step2(model, records, seconds):  # checkpoint the boundary of steps 2 and 3
+            checkpoints.extra = {
+                "tsq": {"records": [_record_json(r) for r in records], "seconds": seconds}
+            }
+            checkpoints.save(model, config.epochs - ft, tag="-step2")
+
         with scope():
             result = tsq.fit(
                 model,
@@ -724,16 +756,23 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
                 batch_size=config.batch_size,
                 learning_rate=config.learning_rate or 1e-3,
                 validation_data=(data.xte, data.yte),
-                callbacks=[hard_validation],
+                callbacks=[hard_validation, checkpoints],
                 verbose=verbose,
                 seed=config.seed,
+                batches=data.batches,
+                initial_epoch=initial_epoch,
+                step2_records=None
+                if saved is None
+                else [tsq.LayerRecord(**{**r, "alpha": np.asarray(r["alpha"])}) for r in saved],
+                restore=lambda m: _restore(m, out / CHECKPOINTS, state),
+                on_step2=on_step2,
             )
-        history = result.history
-        train_seconds = time.perf_counter() - start
+        history = checkpoints.history
+        train_seconds = checkpoints.seconds + time.perf_counter() - start
         tsq_report = {
             "code_epochs": result.epochs[0],
             "finetune_epochs": result.epochs[1],
-            "step2_seconds": result.step2_seconds,
+            "step2_seconds": checkpoints.extra["tsq"]["seconds"],
             "layers": [
                 {
                     "name": r.name,

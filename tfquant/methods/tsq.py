@@ -865,6 +865,11 @@ def fit(
     callbacks=(),
     verbose="auto",
     seed: int = 0,
+    batches=None,
+    initial_epoch: int = 0,
+    step2_records: list | None = None,
+    restore=None,
+    on_step2=None,
     **step2_options,
 ) -> TSQResult:
     """Two-Step Quantization's recipe on a Keras model built with ternary layers on sparse
@@ -893,13 +898,29 @@ def fit(
         validation_data, callbacks, verbose, batch_size: as ``model.fit``'s (the callbacks
             serve both stages; epochs are numbered on from step 1 to step 3).
         seed: seed of step 2's row sampling.
+        batches: ``None`` to fit on ``(x, y)`` with Keras' shuffling, or a callable
+            ``(epochs, initial_epoch) -> (dataset, steps_per_epoch)`` giving the training
+            batches of epochs ``initial_epoch..epochs-1`` (e.g.
+            :func:`tfquant.distribute.epoch_batches`): with batches that depend only on the
+            epoch, a resumed run trains on what an uninterrupted one would.
+        initial_epoch: epochs already trained (``0..code_epochs + finetune_epochs``), to
+            resume a run: step 1 continues at that epoch, or step 3 does when step 2 is
+            done (``step2_records`` given).
+        step2_records: ``None`` while step 2 has not run; else its records, when resuming
+            after it (``initial_epoch >= code_epochs``).
+        restore: ``None``, or a callable ``model -> None`` called once when resuming
+            (``initial_epoch > 0``), after the resumed stage's optimizer is compiled and
+            built, to load the checkpointed variables.
+        on_step2: ``None``, or a callable ``(model, records, seconds) -> None`` called after
+            step 2, with step 3's fresh optimizer compiled and built (to checkpoint the
+            boundary between the steps).
 
     Returns:
-        A :class:`TSQResult`.
+        A :class:`TSQResult` (``history`` holds this call's epochs only).
 
     Raises:
         ValueError: epochs out of range, no ternary layer, a ternary layer without an input
-            quantizer, or bad step-2 options.
+            quantizer, bad step-2 options, or a resume point out of range.
     """
     code_epochs = _check_positive_int("code_epochs", code_epochs)
     if (
@@ -911,45 +932,82 @@ def fit(
             f"Expected finetune_epochs an integer >= 0. Received: finetune_epochs={finetune_epochs!r}"
         )
     step2_inputs = _check_positive_int("step2_inputs", step2_inputs)
+    total = code_epochs + finetune_epochs
+    if (
+        isinstance(initial_epoch, bool)
+        or not isinstance(initial_epoch, int)
+        or not 0 <= initial_epoch <= total
+        or (initial_epoch > code_epochs and step2_records is None)
+        or (initial_epoch < code_epochs and step2_records is not None)
+    ):
+        raise ValueError(
+            f"Expected initial_epoch an integer in 0..{code_epochs} before step 2 (no "
+            f"step2_records) or in {code_epochs}..{total} after it. Received: "
+            f"initial_epoch={initial_epoch!r}, step2_records "
+            f"{'given' if step2_records is not None else 'None'}"
+        )
     make = optimizer or (lambda lr: keras.optimizers.Adam(lr))
     ft_lr = learning_rate / 10.0 if finetune_learning_rate is None else finetune_learning_rate
     history: dict = {}
+    pending = restore if initial_epoch > 0 else None
 
-    def stage(lr, first, last):
+    def compile_stage(lr):
+        nonlocal pending
         model.compile(optimizer=make(lr), loss=loss, metrics=list(metrics))
+        model.optimizer.build(model.trainable_variables)
+        if pending is not None:
+            pending(model)
+            pending = None
+
+    def train(first, last):
+        if first >= last:
+            return
+        if batches is None:
+            data, more = (x, y), {"batch_size": batch_size}
+        else:
+            dataset, steps = batches(last, first)
+            data, more = (dataset,), {"steps_per_epoch": steps}
         h = model.fit(
-            x,
-            y,
-            batch_size=batch_size,
+            *data,
             epochs=last,
             initial_epoch=first,
             validation_data=validation_data,
             callbacks=list(callbacks),
             verbose=verbose,
+            **more,
         )
         for k, v in h.history.items():
             history.setdefault(k, []).extend(float(e) for e in v)
 
-    code_learning(model)
-    stage(learning_rate, 0, code_epochs)
-    records: list = []
-    start = time.perf_counter()
-    if step2:
-        # step 2 folds BatchNorm with its moving statistics, which lag behind the weights
-        # after short training (momentum 0.99): recompute them exactly on step 2's inputs
-        from tfquant.models import reestimate_batchnorm
+    step2_seconds = 0.0
+    if step2_records is None:
+        code_learning(model)
+        compile_stage(learning_rate)
+        train(initial_epoch, code_epochs)
+        records: list = []
+        start = time.perf_counter()
+        if step2:
+            # step 2 folds BatchNorm with its moving statistics, which lag behind the weights
+            # after short training (momentum 0.99): recompute them exactly on step 2's inputs
+            from tfquant.models import reestimate_batchnorm
 
-        reestimate_batchnorm(model, x[:step2_inputs], batch_size=batch_size)
-        records = learn_transformations(
-            model,
-            x[:step2_inputs],
-            batch_size=min(batch_size, 256),
-            seed=seed,
-            progress=verbose not in (0, False),
-            **step2_options,
-        )
-    step2_seconds = time.perf_counter() - start
-    fine_tuning(model)
-    if finetune_epochs:
-        stage(ft_lr, code_epochs, code_epochs + finetune_epochs)
+            reestimate_batchnorm(model, x[:step2_inputs], batch_size=batch_size)
+            records = learn_transformations(
+                model,
+                x[:step2_inputs],
+                batch_size=min(batch_size, 256),
+                seed=seed,
+                progress=verbose not in (0, False),
+                **step2_options,
+            )
+        step2_seconds = time.perf_counter() - start
+        fine_tuning(model)
+        compile_stage(ft_lr)
+        if on_step2 is not None:
+            on_step2(model, records, step2_seconds)
+    else:
+        records = list(step2_records)
+        fine_tuning(model)
+        compile_stage(ft_lr)
+    train(max(initial_epoch, code_epochs), total)
     return TSQResult(history, records, (code_epochs, finetune_epochs), step2_seconds)
