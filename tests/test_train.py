@@ -50,9 +50,7 @@ def test_train_each_method_end_to_end(tmp_path, method):
     if method == "tsq":  # ternary kernels on 2-bit codes: int8 kernels, no binary ones
         assert became == ["int8"] * 4 and "LceBconv2d" not in report["conversion"]["ops"]
         # the codes pass exactly between the ternary convs; the last feeds the float head
-        assert [layer["exact"] for layer in report["conversion"]["layers"]] == [True] * 3 + [
-            False
-        ]
+        assert [layer["exact"] for layer in report["conversion"]["layers"]] == [True] * 3 + [False]
         steps = report["tsq"]
         assert (steps["code_epochs"], steps["finetune_epochs"]) == (1, 1)
         names = [layer["name"] for layer in report["conversion"]["layers"]]
@@ -194,3 +192,19 @@ def test_train_on_an_image_folder(tmp_path):
     assert proc.returncode == 2 and "error:" in proc.stderr and not (tmp_path / "o3").exists()
     proc = _tfquant("train", "--augment", "--out", tmp_path / "o4", "-q")
     assert proc.returncode == 2 and "only with data_dir" in proc.stderr
+
+
+def test_only_tfquant_errors_are_reported_as_bad_input():
+    """`tfquant train` reports a ValueError raised by tfquant (which names what was expected
+    and received) as bad input (exit 2), and lets one raised inside another library while
+    training (a bug) out with its traceback."""
+    from tfquant._train_cli import raised_by_tfquant
+    from tfquant.train import TrainConfig, check_config
+
+    with pytest.raises(ValueError) as ours:
+        check_config(TrainConfig(epochs=0))
+    assert raised_by_tfquant(ours.value)
+    with pytest.raises(ValueError) as theirs:
+        json.loads("{")  # raised inside the json module
+    assert not raised_by_tfquant(theirs.value)
+    assert not raised_by_tfquant(ValueError("never raised"))

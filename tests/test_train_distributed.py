@@ -62,6 +62,43 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _two_workers(args, tmp_path):
+    """Run ``tfquant train args --strategy mirrored`` as two workers on 127.0.0.1 (TF_CONFIG),
+    worker 0 (the chief) into ``tmp_path/chief``, worker 1 into ``tmp_path/worker``; check
+    both succeed, the worker says so and writes nothing, and the chief writes the
+    artifacts. Returns the chief's --out."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index, out in enumerate(("chief", "worker")):
+        env = dict(
+            ENV,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        )
+        procs.append(
+            subprocess.Popen(
+                _command(*args, "--strategy", "mirrored", "--out", str(tmp_path / out)),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        results = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr[-3000:]
+    assert json.loads(results[1][0].strip().splitlines()[-1])["worker"] == "worker:1"
+    assert not (tmp_path / "worker").exists()  # the worker wrote nothing
+    chief = tmp_path / "chief"
+    for name in ("model.keras", "report.json", "report.md", "curves.png"):
+        assert (chief / name).is_file(), name
+    return chief
+
+
 @pytest.mark.parametrize("method", ["ste", "md-tanh-s"])
 def test_two_workers_train_what_one_worker_trains_with_the_global_batch(tmp_path, method):
     """Two worker processes (MultiWorkerMirroredStrategy over TF_CONFIG on 127.0.0.1, a
@@ -80,31 +117,7 @@ def test_two_workers_train_what_one_worker_trains_with_the_global_batch(tmp_path
     single = _run(*args, "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr[-3000:]
 
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index, out in enumerate(("chief", "worker")):
-        env = dict(
-            ENV,
-            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-        )
-        procs.append(
-            subprocess.Popen(
-                _command(*args, "--strategy", "mirrored", "--out", str(tmp_path / out)),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    results = [p.communicate(timeout=600) for p in procs]
-    for p, (_, stderr) in zip(procs, results):
-        assert p.returncode == 0, stderr[-3000:]
-    assert json.loads(results[1][0].strip().splitlines()[-1])["worker"] == "worker:1"
-    assert not (tmp_path / "worker").exists()  # the worker wrote nothing
-    chief = tmp_path / "chief"
-    for name in ("model.keras", "report.json", "report.md", "curves.png"):
-        assert (chief / name).is_file(), name
+    chief = _two_workers(args, tmp_path)
     assert sorted(p.name for p in (chief / "checkpoints").iterdir()) == [
         "epoch-0001.random.npz", "epoch-0001.weights.h5", "state.json"
     ]  # fmt: skip
@@ -275,12 +288,35 @@ def test_resume_without_checkpoints_is_refused(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("method", ["binary-relax", "tsq", "cpq", "dorefa"])
+@pytest.mark.parametrize("method", ["tsq", "cpq"])
+def test_tsq_and_cpq_train_across_two_workers(tmp_path, method):
+    """TSQ and CPQ under MultiWorkerMirroredStrategy, two workers on 127.0.0.1. TSQ makes a
+    new optimizer per step under the strategy's scope, solves step 2 on every worker from
+    the same synchronized weights, and fits outside the scope (its hard validation
+    evaluates an undistributed copy); every worker saves each checkpoint (the others into
+    a scratch directory), because reading distributed variables takes collective ops every
+    worker must join: without it the workers' collectives fell out of step after step 2.
+    CPQ sets its grids from the global batch's mean (an all-reduce)."""
+    args = [
+        "--dataset", "digits", "--model", "binary_cnn", "--method", method, "--epochs", "2",
+        "--batch-size", "64", "--limit", "256",
+    ]  # fmt: skip
+    chief = _two_workers(args, tmp_path)
+    report = json.loads((chief / "report.json").read_text())
+    assert report["config"]["strategy"] == "mirrored" and len(report["history"]["loss"]) == 2
+    assert np.isfinite(report["history"]["loss"]).all() and report["test_accuracy"] > 0.1
+    if method == "tsq":
+        layers = report["tsq"]["layers"]
+        assert len(layers) == 4 and all(x["error_after"] <= x["error_before"] for x in layers)
+    else:
+        assert all(x["weight_alpha"] > 0 for x in report["layer_bits"])
+
+
+@pytest.mark.parametrize("method", ["binary-relax", "dorefa"])
 def test_every_method_trains_under_the_mirrored_strategy(tmp_path, method):
-    """--strategy mirrored (a MirroredStrategy over this machine's CPU; STE and MD run
-    across two workers above): each method trains, finalizes and writes its artifacts.
-    TSQ compiles its model in its steps and CPQ sets its grids from the first batch in a
-    replica's context: both under the strategy's scope."""
+    """--strategy mirrored (a MirroredStrategy over this machine's CPU; STE, MD, TSQ and
+    CPQ run across two workers above): each method trains, finalizes and writes its
+    artifacts."""
     out = tmp_path / "out"
     proc = _run(
         "--dataset", "digits", "--model", "binary_cnn", "--method", method, "--epochs", "2",

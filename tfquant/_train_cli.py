@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def register(subparsers) -> None:
@@ -152,6 +153,19 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def raised_by_tfquant(error: BaseException) -> bool:
+    """Whether ``error`` was raised in tfquant's own code (its innermost frame is in the
+    package): tfquant's errors say what was expected and received, and are the user's to
+    fix; a ValueError raised inside TensorFlow or Keras while training is not."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    package = os.path.dirname(os.path.abspath(__file__))
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from tfquant.cli import UsageError
     from tfquant.datasets import DatasetNotFoundError
@@ -161,8 +175,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         report = run(config)  # checks the config and --out first
     except (ValueError, DatasetNotFoundError) as e:
-        if type(e).__module__.startswith("tfquant.converters"):
-            raise
+        if type(e).__module__.startswith("tfquant.converters") or not raised_by_tfquant(e):
+            raise  # a failure inside TensorFlow or Keras: a bug to report, with its traceback
         raise UsageError(str(e)) from e
     if "worker" in report:
         print(json.dumps({"worker": report["worker"], "artifacts": "written by the chief"}))

@@ -14,6 +14,7 @@ import math
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext as _nullcontext
@@ -266,9 +267,11 @@ class _Checkpoints(keras.callbacks.Callback):
     """At each epoch end, the model's and optimizer's variables (``model.save_weights``)
     and the run's state (epoch, history, seconds): written to a new file, the state file
     replaced atomically to name it, then the previous epoch's file removed, so a run killed
-    at any moment leaves a complete checkpoint. Only the chief writes (``enabled``); other
-    workers read the chief's checkpoints on resume, as TensorFlow's own BackupAndRestore
-    does (a shared file system)."""
+    at any moment leaves a complete checkpoint. Only the chief writes into ``out``
+    (``enabled``); the other workers save the same variables into a temporary directory
+    they delete, since reading distributed variables can take collective ops that every
+    worker must join (TensorFlow's multi-worker guide), and read the chief's checkpoints on
+    resume, as TensorFlow's own BackupAndRestore does (a shared file system)."""
 
     def __init__(self, directory: pathlib.Path, config: TrainConfig, enabled: bool, start: dict):
         super().__init__()
@@ -287,6 +290,9 @@ class _Checkpoints(keras.callbacks.Callback):
         """Checkpoint ``model`` as having trained ``epochs`` epochs (``tag``: a name suffix
         for a second checkpoint after the same epoch, e.g. TSQ's step 2)."""
         if not self.enabled:
+            with tempfile.TemporaryDirectory(prefix="tfquant-worker-") as scratch:
+                model.save_weights(os.path.join(scratch, "w.weights.h5"))
+                [v.numpy() for v in _random_states(model)]
             return
         self.directory.mkdir(exist_ok=True)
         previous = checkpoint_state(self.directory.parent)
@@ -746,27 +752,27 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
             }
             checkpoints.save(model, config.epochs - ft, tag="-step2")
 
-        with scope():
-            result = tsq.fit(
-                model,
-                data.x,
-                data.y,
-                code_epochs=config.epochs - ft,
-                finetune_epochs=ft,
-                batch_size=config.batch_size,
-                learning_rate=config.learning_rate or 1e-3,
-                validation_data=(data.xte, data.yte),
-                callbacks=[hard_validation, checkpoints],
-                verbose=verbose,
-                seed=config.seed,
-                batches=data.batches,
-                initial_epoch=initial_epoch,
-                step2_records=None
-                if saved is None
-                else [tsq.LayerRecord(**{**r, "alpha": np.asarray(r["alpha"])}) for r in saved],
-                restore=lambda m: _restore(m, out / CHECKPOINTS, state),
-                on_step2=on_step2,
-            )
+        result = tsq.fit(
+            model,
+            data.x,
+            data.y,
+            code_epochs=config.epochs - ft,
+            finetune_epochs=ft,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate or 1e-3,
+            validation_data=(data.xte, data.yte),
+            callbacks=[hard_validation, checkpoints],
+            verbose=verbose,
+            seed=config.seed,
+            batches=data.batches,
+            initial_epoch=initial_epoch,
+            step2_records=None
+            if saved is None
+            else [tsq.LayerRecord(**{**r, "alpha": np.asarray(r["alpha"])}) for r in saved],
+            restore=lambda m: _restore(m, out / CHECKPOINTS, state),
+            on_step2=on_step2,
+            strategy=strategy,
+        )
         history = checkpoints.history
         train_seconds = checkpoints.seconds + time.perf_counter() - start
         tsq_report = {

@@ -41,6 +41,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -870,6 +871,7 @@ def fit(
     step2_records: list | None = None,
     restore=None,
     on_step2=None,
+    strategy=None,
     **step2_options,
 ) -> TSQResult:
     """Two-Step Quantization's recipe on a Keras model built with ternary layers on sparse
@@ -914,6 +916,10 @@ def fit(
         on_step2: ``None``, or a callable ``(model, records, seconds) -> None`` called after
             step 2, with step 3's fresh optimizer compiled and built (to checkpoint the
             boundary between the steps).
+        strategy: ``None``, or the ``tf.distribute`` strategy whose scope ``model`` was
+            built in: each stage's optimizer is made, restored and checkpointed, and step 2
+            runs, in its scope; ``fit`` runs outside it (the model keeps its strategy), so
+            callbacks can evaluate other, undistributed models.
 
     Returns:
         A :class:`TSQResult` (``history`` holds this call's epochs only).
@@ -951,13 +957,17 @@ def fit(
     history: dict = {}
     pending = restore if initial_epoch > 0 else None
 
+    def scope():
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
     def compile_stage(lr):
         nonlocal pending
-        model.compile(optimizer=make(lr), loss=loss, metrics=list(metrics))
-        model.optimizer.build(model.trainable_variables)
-        if pending is not None:
-            pending(model)
-            pending = None
+        with scope():
+            model.compile(optimizer=make(lr), loss=loss, metrics=list(metrics))
+            model.optimizer.build(model.trainable_variables)
+            if pending is not None:
+                pending(model)
+                pending = None
 
     def train(first, last):
         if first >= last:
@@ -991,20 +1001,22 @@ def fit(
             # after short training (momentum 0.99): recompute them exactly on step 2's inputs
             from tfquant.models import reestimate_batchnorm
 
-            reestimate_batchnorm(model, x[:step2_inputs], batch_size=batch_size)
-            records = learn_transformations(
-                model,
-                x[:step2_inputs],
-                batch_size=min(batch_size, 256),
-                seed=seed,
-                progress=verbose not in (0, False),
-                **step2_options,
-            )
+            with scope():
+                reestimate_batchnorm(model, x[:step2_inputs], batch_size=batch_size)
+                records = learn_transformations(
+                    model,
+                    x[:step2_inputs],
+                    batch_size=min(batch_size, 256),
+                    seed=seed,
+                    progress=verbose not in (0, False),
+                    **step2_options,
+                )
         step2_seconds = time.perf_counter() - start
         fine_tuning(model)
         compile_stage(ft_lr)
         if on_step2 is not None:
-            on_step2(model, records, step2_seconds)
+            with scope():
+                on_step2(model, records, step2_seconds)
     else:
         records = list(step2_records)
         fine_tuning(model)
