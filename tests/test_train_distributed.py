@@ -214,6 +214,19 @@ def _kill_when(args, out, when) -> dict:
     return json.loads(path.read_text())
 
 
+def _assert_same_run(whole, resumed) -> tuple[dict, dict]:
+    """The two runs' last checkpoints hold the same variables bit for bit, and their
+    reports the same history and accuracy; returns the two reports."""
+    a, b = _checkpoint(whole), _checkpoint(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (whole, resumed))
+    assert rb["history"] == ra["history"]
+    assert rb["test_accuracy"] == ra["test_accuracy"]
+    return ra, rb
+
+
 @pytest.mark.parametrize("method", ["md-tanh-s", "binary-relax", "cpq"])
 def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, method):
     """SIGKILL once the first epoch's checkpoint is on disk, then --resume: the weights, the
@@ -237,14 +250,7 @@ def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, method):
 
     resumed = _run(*args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = _checkpoint(tmp_path / "whole"), _checkpoint(out)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
-    for name in ("report.json",):
-        ra, rb = (json.loads((d / name).read_text()) for d in (tmp_path / "whole", out))
-        assert rb["history"] == ra["history"]
-        assert rb["test_accuracy"] == ra["test_accuracy"]
+    _assert_same_run(tmp_path / "whole", out)
     finished = _run(*args, "--out", str(out), "--resume")
     assert finished.returncode == 2 and "finished" in finished.stderr
 
@@ -267,14 +273,8 @@ def test_tsq_killed_in_each_step_and_resumed_ends_bit_identical(tmp_path):
     assert after_step2["epoch"] == 2 and after_step2["weights"].endswith("-step2.weights.h5")
     resumed = _run(*args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    a, b = _checkpoint(tmp_path / "whole"), _checkpoint(out)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(b[key], a[key], err_msg=key)
-    ra, rb = (json.loads((d / "report.json").read_text()) for d in (tmp_path / "whole", out))
-    assert rb["history"] == ra["history"] and len(ra["history"]["loss"]) == 4
-    assert rb["test_accuracy"] == ra["test_accuracy"]
+    ra, rb = _assert_same_run(tmp_path / "whole", out)
+    assert len(ra["history"]["loss"]) == 4
     layers = ("name", "rows", "error_before", "error_after", "batchnorm_folded")
     assert [[x[k] for k in layers] for x in rb["tsq"]["layers"]] == [
         [x[k] for k in layers] for x in ra["tsq"]["layers"]
