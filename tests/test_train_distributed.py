@@ -62,28 +62,30 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _two_workers(args, tmp_path):
-    """Run ``tfquant train args --strategy mirrored`` as two workers on 127.0.0.1 (TF_CONFIG),
-    worker 0 (the chief) into ``tmp_path/chief``, worker 1 into ``tmp_path/worker``; check
-    both succeed, the worker says so and writes nothing, and the chief writes the
-    artifacts. Returns the chief's --out."""
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+def _start_workers(args, outs) -> list[subprocess.Popen]:
+    """Start ``tfquant train args --strategy mirrored`` as one worker per ``--out`` in
+    ``outs`` on 127.0.0.1 (TF_CONFIG), worker 0 the chief."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(len(outs))]}
     procs = []
-    for index, out in enumerate(("chief", "worker")):
+    for index, out in enumerate(outs):
         env = dict(
             ENV,
             TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         )
         procs.append(
             subprocess.Popen(
-                _command(*args, "--strategy", "mirrored", "--out", str(tmp_path / out)),
+                _command(*args, "--strategy", "mirrored", "--out", str(out)),
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
         )
+    return procs
+
+
+def _finish(procs) -> list[tuple[str, str]]:
+    """Wait for the workers; each must succeed. Returns their (stdout, stderr)."""
     try:
         results = [p.communicate(timeout=600) for p in procs]
     finally:
@@ -91,6 +93,15 @@ def _two_workers(args, tmp_path):
             p.kill()
     for p, (_, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-3000:]
+    return results
+
+
+def _two_workers(args, tmp_path):
+    """Run ``tfquant train args --strategy mirrored`` as two workers on 127.0.0.1 (TF_CONFIG),
+    worker 0 (the chief) into ``tmp_path/chief``, worker 1 into ``tmp_path/worker``; check
+    both succeed, the worker says so and writes nothing, and the chief writes the
+    artifacts. Returns the chief's --out."""
+    results = _finish(_start_workers(args, [tmp_path / "chief", tmp_path / "worker"]))
     assert json.loads(results[1][0].strip().splitlines()[-1])["worker"] == "worker:1"
     assert not (tmp_path / "worker").exists()  # the worker wrote nothing
     chief = tmp_path / "chief"
@@ -183,6 +194,8 @@ RESUME_ARGS = [
     "4",
     "--batch-size",
     "32",
+    "--limit",
+    "512",
 ]
 
 
@@ -260,7 +273,8 @@ def test_tsq_killed_in_each_step_and_resumed_ends_bit_identical(tmp_path):
     last epoch), and after step 2 (its solved ternary kernels and fresh step-3 optimizer are
     a checkpoint of their own), each time resumed, the run ends with the uninterrupted
     run's variables, history and step-2 records, bit for bit."""
-    args = [*RESUME_ARGS, "--limit", "384", "--method", "tsq", "--finetune-epochs", "2"]
+    # (384 examples: step 2's solve, run twice here, grows with them)
+    args = [*RESUME_ARGS, "--method", "tsq", "--finetune-epochs", "2", "--limit", "384"]
     whole = _run(*args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -280,6 +294,38 @@ def test_tsq_killed_in_each_step_and_resumed_ends_bit_identical(tmp_path):
         [x[k] for k in layers] for x in ra["tsq"]["layers"]
     ]
     assert len(ra["tsq"]["layers"]) >= 2
+
+
+def test_two_workers_killed_and_resumed_end_bit_identical(tmp_path):
+    """Two workers sharing one --out (a shared file system, as TensorFlow's BackupAndRestore
+    needs), both killed with SIGKILL once the chief's first checkpoint is on disk, both
+    restarted with --resume: every worker restores the chief's checkpoint, and the run ends
+    with the variables and history of two workers that were never interrupted, bit for
+    bit (MD: duals, Adam moments, iterations)."""
+    args = [
+        "--dataset", "digits", "--model", "binary_cnn", "--method", "md-tanh-s",
+        "--epochs", "3", "--batch-size", "64", "--limit", "384",
+    ]  # fmt: skip
+    _finish(_start_workers(args, [tmp_path / "whole"] * 2))
+
+    out = tmp_path / "killed"
+    procs = _start_workers(args, [out] * 2)
+    state = out / "checkpoints" / "state.json"
+    try:
+        deadline = time.monotonic() + 300
+        while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if state.exists():
+                break
+            time.sleep(0.01)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.communicate()
+    assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2, "a worker ended first"
+    assert json.loads(state.read_text())["epoch"] < 3
+
+    _finish(_start_workers([*args, "--resume"], [out] * 2))
+    _assert_same_run(tmp_path / "whole", out)
 
 
 def test_resume_without_checkpoints_is_refused(tmp_path):
