@@ -332,6 +332,14 @@ def test_resume_without_checkpoints_is_refused(tmp_path):
     proc = _run(*RESUME_ARGS, "--method", "ste", "--out", str(tmp_path / "none"), "--resume")
     assert proc.returncode == 2 and "checkpoints" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "none").exists()
+    # a worker refuses too, at once, rather than wait for a chief that refused
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    task = {"cluster": cluster, "task": {"type": "worker", "index": 1}}
+    worker = _run(
+        *RESUME_ARGS, "--method", "ste", "--strategy", "mirrored", "--out",
+        str(tmp_path / "none"), "--resume", env=dict(ENV, TF_CONFIG=json.dumps(task)), timeout=120,
+    )  # fmt: skip
+    assert worker.returncode == 2 and "checkpoints" in worker.stderr, worker.stderr[-2000:]
 
 
 @pytest.mark.parametrize("method", ["tsq", "cpq"])

@@ -191,20 +191,7 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
                 f"Received: {str(out)!r} does not exist"
             )
         return None
-    state = checkpoint_state(out)
-    if config.resume and state is None:
-        raise ValueError(
-            f"Expected --resume with the checkpoints of a run in {out / CHECKPOINTS}. "
-            "Received: none there"
-        )
-    if state is not None and not state.get("finished") and not (config.resume or config.overwrite):
-        raise ValueError(
-            f"{out} holds the checkpoints of a run stopped after epoch {state['epoch']} of "
-            f"{state['config']['epochs']}. Pass --resume to continue it, --overwrite to start "
-            "over (its checkpoints are replaced), or choose another --out."
-        )
-    if config.resume:
-        _check_resumable(config, state)
+    state = _check_checkpoints(config, out)
     previous = [name for name in ARTIFACTS if os.path.lexists(out / name)]
     if previous and not config.overwrite and not (config.resume and state["config"]["overwrite"]):
         raise ValueError(
@@ -219,6 +206,27 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
     except _files.FileError as e:
         raise ValueError(str(e)) from None
     return outputs
+
+
+def _check_checkpoints(config: TrainConfig, out: pathlib.Path) -> dict | None:
+    """The checkpoint state in ``out`` (``None`` without one), checked against ``config``:
+    ``--resume`` needs checkpoints of the same configuration, and a new run needs
+    ``--resume`` or ``--overwrite`` where an unfinished run left checkpoints."""
+    state = checkpoint_state(out)
+    if config.resume and state is None:
+        raise ValueError(
+            f"Expected --resume with the checkpoints of a run in {out / CHECKPOINTS}. "
+            "Received: none there"
+        )
+    if state is not None and not state.get("finished") and not (config.resume or config.overwrite):
+        raise ValueError(
+            f"{out} holds the checkpoints of a run stopped after epoch {state['epoch']} of "
+            f"{state['config']['epochs']}. Pass --resume to continue it, --overwrite to start "
+            "over (its checkpoints are replaced), or choose another --out."
+        )
+    if config.resume:
+        _check_resumable(config, state)
+    return state
 
 
 def checkpoint_state(out: str | os.PathLike) -> dict | None:
@@ -561,6 +569,10 @@ def run(config: TrainConfig) -> dict:
     where = distribute.cluster()
     out = pathlib.Path(config.out)
     if not where.is_chief:
+        # A worker reads the chief's checkpoints on --resume (the same --out on a shared
+        # file system): refuse here what the chief refuses, rather than wait for it in a
+        # collective op that never comes.
+        _check_checkpoints(config, out)
         _train(config, out, chief=False)
         return {"worker": f"{where.task_type}:{where.task_index}", "artifacts": []}
     with _files.created_directory(out):
