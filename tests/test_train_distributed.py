@@ -191,11 +191,11 @@ RESUME_ARGS = [
     "--model",
     "binary_cnn",
     "--epochs",
-    "4",
+    "3",
     "--batch-size",
     "32",
     "--limit",
-    "512",
+    "384",
 ]
 
 
@@ -253,19 +253,22 @@ def test_a_run_killed_and_resumed_ends_bit_identical(tmp_path, method):
 
     out = tmp_path / "killed"
     killed_at = _kill_when(args, out, lambda state: True)["epoch"]
-    assert 1 <= killed_at < 4
+    assert 1 <= killed_at < 3
     assert not (out / "model.keras").exists()  # nothing final yet
 
-    again = _run(*args, "--out", str(out))  # without --resume: refused, nothing changed
-    assert again.returncode == 2 and "--resume" in again.stderr, again.stderr[-2000:]
-    changed = _run(*args[:-2], "--method", "ste", "--out", str(out), "--resume")
-    assert changed.returncode == 2 and "method='ste' (was" in changed.stderr, changed.stderr
+    refusals = method == "md-tanh-s"  # (they do not depend on the method)
+    if refusals:
+        again = _run(*args, "--out", str(out))  # without --resume: refused, nothing changed
+        assert again.returncode == 2 and "--resume" in again.stderr, again.stderr[-2000:]
+        changed = _run(*args[:-2], "--method", "ste", "--out", str(out), "--resume")
+        assert changed.returncode == 2 and "method='ste' (was" in changed.stderr, changed.stderr
 
     resumed = _run(*args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(tmp_path / "whole", out)
-    finished = _run(*args, "--out", str(out), "--resume")
-    assert finished.returncode == 2 and "finished" in finished.stderr
+    if refusals:
+        finished = _run(*args, "--out", str(out), "--resume")
+        assert finished.returncode == 2 and "finished" in finished.stderr
 
 
 def test_tsq_killed_in_each_step_and_resumed_ends_bit_identical(tmp_path):
@@ -273,8 +276,7 @@ def test_tsq_killed_in_each_step_and_resumed_ends_bit_identical(tmp_path):
     last epoch), and after step 2 (its solved ternary kernels and fresh step-3 optimizer are
     a checkpoint of their own), each time resumed, the run ends with the uninterrupted
     run's variables, history and step-2 records, bit for bit."""
-    # (384 examples: step 2's solve, run twice here, grows with them)
-    args = [*RESUME_ARGS, "--method", "tsq", "--finetune-epochs", "2", "--limit", "384"]
+    args = [*RESUME_ARGS, "--method", "tsq", "--finetune-epochs", "1"]
     whole = _run(*args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -288,7 +290,7 @@ def test_tsq_killed_in_each_step_and_resumed_ends_bit_identical(tmp_path):
     resumed = _run(*args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ra, rb = _assert_same_run(tmp_path / "whole", out)
-    assert len(ra["history"]["loss"]) == 4
+    assert len(ra["history"]["loss"]) == 3
     layers = ("name", "rows", "error_before", "error_after", "batchnorm_folded")
     assert [[x[k] for k in layers] for x in rb["tsq"]["layers"]] == [
         [x[k] for k in layers] for x in ra["tsq"]["layers"]
