@@ -299,18 +299,11 @@ class _Checkpoints(keras.callbacks.Callback):
         for a second checkpoint after the same epoch, e.g. TSQ's step 2)."""
         if not self.enabled:
             with tempfile.TemporaryDirectory(prefix="tfquant-worker-") as scratch:
-                model.save_weights(os.path.join(scratch, "w.weights.h5"))
-                [v.numpy() for v in _random_states(model)]
+                _save_variables(model, pathlib.Path(scratch), "w")
             return
         self.directory.mkdir(exist_ok=True)
         previous = checkpoint_state(self.directory.parent)
-        name = f"epoch-{epochs:04d}{tag}.weights.h5"
-        model.save_weights(str(self.directory / name), overwrite=True)
-        # The random generators' states (CPQ's noise, DropBits), which save_weights leaves
-        # out, continue where they were.
-        extra = f"epoch-{epochs:04d}{tag}.random.npz"
-        with open(self.directory / extra, "wb") as f:
-            np.savez(f, *[v.numpy() for v in _random_states(model)])
+        name, extra = _save_variables(model, self.directory, f"epoch-{epochs:04d}{tag}")
         state = {
             "epoch": epochs,
             "weights": name,
@@ -326,17 +319,15 @@ class _Checkpoints(keras.callbacks.Callback):
             (self.directory / previous.get("random", "-")).unlink(missing_ok=True)
 
 
-def _record_json(record) -> dict:
-    """A TSQ step-2 LayerRecord as JSON (the checkpoint state keeps them)."""
-    d = dataclasses.asdict(record)
-    return {
-        **d,
-        "alpha": np.asarray(d["alpha"]).tolist(),
-        "rows": int(d["rows"]),
-        "error_before": float(d["error_before"]),
-        "error_after": float(d["error_after"]),
-        "folded": bool(d["folded"]),
-    }
+def _save_variables(model: keras.Model, directory: pathlib.Path, stem: str) -> tuple[str, str]:
+    """Write ``stem.weights.h5`` (``model.save_weights``: weights and optimizer variables)
+    and ``stem.random.npz`` (the random generators' states, CPQ's noise and DropBits,
+    which save_weights leaves out) into ``directory``; returns the two file names."""
+    weights, random = f"{stem}.weights.h5", f"{stem}.random.npz"
+    model.save_weights(str(directory / weights), overwrite=True)
+    with open(directory / random, "wb") as f:
+        np.savez(f, *[v.numpy() for v in _random_states(model)])
+    return weights, random
 
 
 def _random_states(model: keras.Model) -> list:
@@ -619,6 +610,13 @@ class _Data:
         return self.x[: 20 * self.batch_size]
 
 
+def _array_batches(x: np.ndarray, y: np.ndarray, config: TrainConfig) -> Callable:
+    """``_Data.batches`` over arrays: :func:`tfquant.distribute.epoch_batches`."""
+    return lambda epochs, initial: distribute.epoch_batches(
+        x, y, config.batch_size, config.seed, epochs, initial
+    )
+
+
 def _load(config: TrainConfig, say) -> _Data:
     if config.data_dir is not None:
         say(f"reading the image folders in {config.data_dir}")
@@ -655,11 +653,7 @@ def _load(config: TrainConfig, say) -> _Data:
             classes=classes,
             described=config.data_dir,
             # TSQ trains on the arrays its step 2 reads (without further augmentation)
-            batches=(
-                lambda epochs, initial: distribute.epoch_batches(
-                    x, y, config.batch_size, config.seed, epochs, initial
-                )
-            )
+            batches=_array_batches(x, y, config)
             if tsq
             else lambda epochs, initial: (folder.train_epochs(epochs, initial, steps), steps),
             batch_size=config.batch_size,
@@ -677,9 +671,7 @@ def _load(config: TrainConfig, say) -> _Data:
         input_shape=xtr.shape[1:],
         classes=datasets.NUM_CLASSES[config.dataset],
         described=f"{len(xtr)} samples",
-        batches=lambda epochs, initial: distribute.epoch_batches(
-            xtr, ytr, config.batch_size, config.seed, epochs, initial
-        ),
+        batches=_array_batches(xtr, ytr, config),
         batch_size=config.batch_size,
     )
 
@@ -760,7 +752,7 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
 
         def on_step2(model, records, seconds):  # checkpoint the boundary of steps 2 and 3
             checkpoints.extra = {
-                "tsq": {"records": [_record_json(r) for r in records], "seconds": seconds}
+                "tsq": {"records": [r.to_json() for r in records], "seconds": seconds}
             }
             checkpoints.save(model, config.epochs - ft, tag="-step2")
 
@@ -778,9 +770,7 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
             seed=config.seed,
             batches=data.batches,
             initial_epoch=initial_epoch,
-            step2_records=None
-            if saved is None
-            else [tsq.LayerRecord(**{**r, "alpha": np.asarray(r["alpha"])}) for r in saved],
+            step2_records=None if saved is None else [tsq.LayerRecord.from_json(r) for r in saved],
             restore=lambda m: _restore(m, out / CHECKPOINTS, state),
             on_step2=on_step2,
             strategy=strategy,

@@ -425,6 +425,21 @@ class LayerRecord:
     alpha: np.ndarray
     folded: bool
 
+    def to_json(self) -> dict:
+        """The record as JSON types (``from_json`` reads it back)."""
+        return {
+            "name": self.name,
+            "rows": int(self.rows),
+            "error_before": float(self.error_before),
+            "error_after": float(self.error_after),
+            "alpha": np.asarray(self.alpha, dtype=np.float64).tolist(),
+            "folded": bool(self.folded),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> LayerRecord:
+        return cls(**{**d, "alpha": np.asarray(d["alpha"], dtype=np.float64)})
+
 
 def _padded_codes(layer, codes):
     """``codes`` (NHWC) padded as ``layer``'s convolution pads them: with ``pad_values`` by
@@ -838,7 +853,7 @@ class TSQResult:
             ``History.history`` of the two ``fit`` calls, concatenated).
         records: step 2's :class:`LayerRecord` per layer (empty with ``step2=False``).
         epochs: ``(code_epochs, finetune_epochs)``.
-        step2_seconds: wall time of step 2.
+        step2_seconds: wall time of step 2 (0 when resumed after it).
     """
 
     history: dict
