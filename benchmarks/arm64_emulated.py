@@ -384,18 +384,18 @@ def convert(name: str, seed: int, train, work: pathlib.Path) -> tuple[pathlib.Pa
     )
     path = work / f"{name}.tflite"
     path.write_bytes(flatbuffer)
-    compute = converters.inspect.compute_ops(flatbuffer)
+    compute = converters.flatbuffer.compute_ops(flatbuffer)
     int8_convs = sum(
         c["op"] == "CONV_2D" and c["input_type"] == "INT8" and c["weight_type"] == "INT8"
         for c in compute
     )
-    ops = converters.inspect.op_counts(flatbuffer)
+    ops = converters.flatbuffer.op_counts(flatbuffer)
     layers = {r["name"]: r["became"] for r in report.as_dict()["layers"]}
     return path, {
         "model": model,
         "ops": ops,
-        "lce_ops": sorted(set(ops) & set(converters.inspect.LCE_OPS)),
-        "unsupported_ops": converters.inspect.unsupported_ops(flatbuffer),
+        "lce_ops": sorted(set(ops) & set(converters.flatbuffer.LCE_OPS)),
+        "unsupported_ops": converters.flatbuffer.unsupported_ops(flatbuffer),
         "int8_conv2d": int8_convs,
         "compute_ops": [
             f"{c['op']} {c['input_type'].lower()}x{c['weight_type'].lower()} {c['weight_shape']}"

@@ -267,7 +267,7 @@ def convert_and_compare(model, float_model, train, test, layer_names) -> dict:
         for layer in rep["layers"]
     }
     tflite = np.concatenate(
-        [converters.inspect.run(flatbuffer, xte[i : i + 512])[0] for i in range(0, len(xte), 512)]
+        [converters.flatbuffer.run(flatbuffer, xte[i : i + 512])[0] for i in range(0, len(xte), 512)]
     )
     keras_out = model.predict(xte, batch_size=512, verbose=0)
     out = {
@@ -275,7 +275,7 @@ def convert_and_compare(model, float_model, train, test, layer_names) -> dict:
         "layers": layers,
         "layers_int8": all(layers.get(n, {}).get("became") == "int8" for n in layer_names),
         "layers_exact": all(layers.get(n, {}).get("exact") is True for n in layer_names),
-        "ops": converters.inspect.op_counts(flatbuffer),
+        "ops": converters.flatbuffer.op_counts(flatbuffer),
         "sizes": rep["sizes"],
         "parity_64": rep["parity"],
         "notes": rep["notes"],

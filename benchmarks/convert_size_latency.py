@@ -37,10 +37,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfquant.converters import bench, convert, convert_with_report, write_atomic  # noqa: E402
-
 import tfquant  # noqa: E402
 from tfquant._keras import keras, tf  # noqa: E402
+from tfquant.converters import bench, convert, convert_with_report, write_atomic  # noqa: E402
 from tfquant.layers import QuantConv2D  # noqa: E402
 
 STAGES = ((64, False), (128, True), (256, True), (256, False), (512, True))

@@ -38,10 +38,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from tfquant.converters import bench, convert, validate  # noqa: E402
 
 import tfquant  # noqa: E402, F401  (registers the layers)
 from tfquant import zoo  # noqa: E402
+from tfquant.converters import bench, convert, validate  # noqa: E402
 
 CHILD = os.path.join(os.path.dirname(bench.__file__), "_bench_child.py")
 

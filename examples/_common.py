@@ -36,7 +36,7 @@ def evaluate_and_convert(model, x_test, y_test, out: str | None) -> dict:
     flatbuffer = converters.convert(model)
     if out:
         converters.write_atomic(f"{out}/model.tflite", flatbuffer)
-    ops = converters.inspect.op_counts(flatbuffer)
+    ops = converters.flatbuffer.op_counts(flatbuffer)
     print(
         f"hard-quantized test accuracy {accuracy:.4f}; LceBconv2d ops: {ops.get('LceBconv2d', 0)}"
     )

@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
         "max_abs_diff_keras_tflite": float(
             np.abs(tflite_out - model.predict(xte, verbose=0)).max()
         ),
-        "ops": converters.inspect.op_counts(flatbuffer),
+        "ops": converters.flatbuffer.op_counts(flatbuffer),
         "tflite_bytes": len(flatbuffer),
         "bitpacked_bytes": summary.memory_bytes,
         "float32_bytes": summary.float32_bytes,

@@ -13,11 +13,11 @@ from helpers import assert_roundtrip, binary_cnn, grad_of, np_sign
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from tfquant.converters import convert
-from tfquant.converters.inspect import op_counts
 
 import tfquant
 from tfquant import quantizers
+from tfquant.converters import convert
+from tfquant.converters.flatbuffer import op_counts
 from tfquant.methods import binary_relax
 from tfquant.methods.binary_relax import (
     BinaryRelaxSchedule,

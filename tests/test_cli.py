@@ -7,9 +7,9 @@ import os
 
 import pytest
 from helpers import binary_cnn, tfquant_cli
-from tfquant.converters.inspect import op_counts
 
 from tfquant._keras import keras, tf
+from tfquant.converters.flatbuffer import op_counts
 from tfquant.layers import QuantDense
 
 

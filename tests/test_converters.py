@@ -8,6 +8,9 @@ import os
 import numpy as np
 import pytest
 from helpers import binary_cnn, randomize_batchnorm
+
+import tfquant
+from tfquant._keras import keras
 from tfquant.converters import (
     ConversionError,
     LayerNotBinaryError,
@@ -17,11 +20,8 @@ from tfquant.converters import (
     load_model,
     write_atomic,
 )
-from tfquant.converters.inspect import io_details, op_counts, run, size_breakdown
+from tfquant.converters.flatbuffer import io_details, op_counts, run, size_breakdown
 from tfquant.converters.rewrite import int8_weight_scales, plan_layers, rewrite_model
-
-import tfquant
-from tfquant._keras import keras
 from tfquant.layers import QuantConv2D, QuantDense, QuantDepthwiseConv2D
 from tfquant.quantizers import SteTernary, UniformQuantizer
 

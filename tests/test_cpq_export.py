@@ -5,13 +5,13 @@ their codes, the learned bit-width, and the ties CPQ rounds down."""
 import numpy as np
 import pytest
 from tensorflow.lite.python import schema_py_generated as schema
-from tfquant.converters import convert_with_report
-from tfquant.converters.inspect import _op_name, load_model_t
-from tfquant.converters.inspect import run as run_tflite
 
 import tfquant
 from tfquant import quantizers
 from tfquant._keras import keras
+from tfquant.converters import convert_with_report
+from tfquant.converters.flatbuffer import _op_name, load_model_t
+from tfquant.converters.flatbuffer import run as run_tflite
 from tfquant.layers import QuantConv2D
 from tfquant.models import reestimate_batchnorm
 

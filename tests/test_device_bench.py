@@ -31,10 +31,10 @@ import time
 
 import pytest
 from helpers import conv_bn_dense, tfquant_cli
-from tfquant.converters import convert, device
-from tfquant.converters.inspect import op_counts
 
 from tfquant._keras import keras
+from tfquant.converters import convert, device
+from tfquant.converters.flatbuffer import op_counts
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

@@ -21,16 +21,16 @@ from helpers import binary_cnn, tfquant_cli
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tensorflow.lite.python import schema_py_generated as schema
+
+import tfquant.cli
+from tfquant._keras import keras
 from tfquant.converters import bench, convert
-from tfquant.converters.inspect import load_model_t, op_names
+from tfquant.converters.flatbuffer import load_model_t, op_names
 from tfquant.converters.validate import (
     InvalidFlatbufferError,
     read_flatbuffer_file,
     validate_flatbuffer,
 )
-
-import tfquant.cli
-from tfquant._keras import keras
 from tfquant.layers import QuantDense
 
 PREFIX = "not a valid TFLite model: "

@@ -4,7 +4,8 @@ import larq_compute_engine as lce
 import numpy as np
 import pytest
 from helpers import binary_cnn
-from tfquant.converters.inspect import op_counts
+
+from tfquant.converters.flatbuffer import op_counts
 
 
 @pytest.mark.parametrize("kernel_quantizer", ["ste_sign", "scaled_sign"])

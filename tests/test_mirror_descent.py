@@ -424,8 +424,9 @@ def test_mirrored_strategy_matches_single_device(mirror_map, stable, mirrored):
 
 def test_finalize_gives_hard_quantization_and_converts_to_lce_bconv2d():
     from helpers import binary_cnn
+
     from tfquant.converters import convert
-    from tfquant.converters.inspect import op_counts
+    from tfquant.converters.flatbuffer import op_counts
 
     model = binary_cnn("ste_sign", input_shape=(8, 8, 32))
     rng = np.random.default_rng(0)

@@ -56,7 +56,7 @@ def test_every_weight_quantizer_and_layer_converts(kernel_quantizer):
     parity = report.parity
     if kernel_quantizer in ("ste_sign", "approx_sign", "scaled_sign"):
         assert parity["relative_max_diff"] < 1e-5, parity
-        ops = converters.inspect.op_counts(flatbuffer)
+        ops = converters.flatbuffer.op_counts(flatbuffer)
         assert ops.get("LceBconv2d") == 2, ops  # the conv and the dense (1x1 rewrite)
     else:
         # Ternary and k-bit layers become int8 kernels; their int8 outputs are rounded to

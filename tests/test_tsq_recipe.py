@@ -3,12 +3,12 @@ export whose sparse codes travel between layers as exact int8 codes."""
 
 import numpy as np
 import pytest
-from tfquant.converters import convert_with_report
-from tfquant.converters.inspect import run as run_tflite
 
 import tfquant
 from tfquant import quantizers, zoo
 from tfquant._keras import keras
+from tfquant.converters import convert_with_report
+from tfquant.converters.flatbuffer import run as run_tflite
 from tfquant.layers import QuantConv2D
 from tfquant.methods import tsq
 

@@ -18,9 +18,9 @@ import zipfile
 import h5py
 import pytest
 from helpers import tfquant_cli
-from tfquant.converters import ConversionError, UnsafeModelError, load_model, safety
 
 from tfquant._keras import keras, tf
+from tfquant.converters import ConversionError, UnsafeModelError, load_model, safety
 
 HINT = "--unsafe"
 

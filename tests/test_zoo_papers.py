@@ -9,10 +9,10 @@ reference implementations; every network saves and reloads.
 import keras
 import numpy as np
 import pytest
-from tfquant.converters.inspect import op_counts
 
 import tfquant
 from tfquant import models, zoo
+from tfquant.converters.flatbuffer import op_counts
 
 NEW = ("resnet18", "vgg7", "lenet5", "alexnet_bn", "quicknet_small")
 

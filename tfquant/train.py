@@ -854,7 +854,7 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
         outputs.write(out / "model.tflite", flatbuffer)
         conversion_text = conversion.text()
         n = min(len(xte), 1000)
-        tflite_pred = converters.inspect.run(flatbuffer, xte[:n])[0]
+        tflite_pred = converters.flatbuffer.run(flatbuffer, xte[:n])[0]
         say("benchmarking latency in LCE's interpreter")
         latency = converters.bench.local_latency(flatbuffer, threads=(1,), runs=50)[0]
         report.update(

@@ -33,9 +33,8 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from tfquant.converters.lce import ConversionError
-
 from tfquant._files import describe
+from tfquant.converters.lce import ConversionError
 
 __all__ = [
     "UnsafeModelError",

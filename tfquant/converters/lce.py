@@ -28,11 +28,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tfquant.converters import inspect as _inspect
-from tfquant.converters import rewrite as _rewrite
-
 from tfquant._files import FileError, check_input, umask
 from tfquant._keras import check_keras3, keras, tf
+from tfquant.converters import flatbuffer as _flatbuffer
+from tfquant.converters import rewrite as _rewrite
 
 __all__ = [
     "ConversionError",
@@ -94,9 +93,9 @@ class ConversionReport:
         ops: TFLite op name -> count in the main subgraph.
         layers: one :class:`LayerReport` per tfquant layer (empty for a SavedModel
             directory, which holds no Keras layers).
-        sizes: bytes by kind (see :func:`tfquant.converters.inspect.size_breakdown`) and
+        sizes: bytes by kind (see :func:`tfquant.converters.flatbuffer.size_breakdown`) and
             ``ideal_bitpacked`` (``None`` where unknown: a SavedModel directory).
-        parity: from :func:`tfquant.converters.inspect.parity` (``None`` without
+        parity: from :func:`tfquant.converters.flatbuffer.parity` (``None`` without
             verification); a SavedModel directory's also has ``reference``.
         options: the conversion options.
         seconds: time per step (``load``, ``rewrite``, ``export``, ``convert``, ``verify``).
@@ -374,7 +373,7 @@ def _attribute(model: keras.Model, flatbuffer: bytes) -> dict[str, list[dict]]:
     candidates = [(n, s) for n, s in candidates if s is not None]
     matched: dict[str, list[dict]] = {}
     used: set[str] = set()
-    for op in _inspect.compute_ops(flatbuffer):
+    for op in _flatbuffer.compute_ops(flatbuffer):
         shape = op["weight_shape"]
         for name, sig in candidates:
             if name in used:
@@ -447,11 +446,11 @@ def _export(model: keras.Model, directory: str) -> None:
 
 
 def _check_flatbuffer(flatbuffer: bytes, in_type: tf.DType, out_type: tf.DType) -> None:
-    ins, outs = _inspect.io_details(flatbuffer)
+    ins, outs = _flatbuffer.io_details(flatbuffer)
     for what, wanted, tensors in (("input", in_type, ins), ("output", out_type, outs)):
         if wanted == tf.int8 and any(t["type"] != "INT8" for t in tensors):
             raise ConversionError(_int8_io_message(what))
-    unsupported = _inspect.unsupported_ops(flatbuffer)
+    unsupported = _flatbuffer.unsupported_ops(flatbuffer)
     if unsupported:
         detail = ", ".join(f"{u['op']} (at {u['tensor']!r})" for u in unsupported[:5])
         raise ConversionError(
@@ -462,7 +461,7 @@ def _check_flatbuffer(flatbuffer: bytes, in_type: tf.DType, out_type: tf.DType) 
 
 def _verify(flatbuffer: bytes, reference: Any, inputs: Any, samples: int) -> dict[str, Any]:
     try:
-        return _inspect.parity(flatbuffer, reference, inputs, samples=samples)
+        return _flatbuffer.parity(flatbuffer, reference, inputs, samples=samples)
     except (RuntimeError, ValueError) as e:
         raise ConversionError(
             f"The converted model does not run in LCE's interpreter: {_first_line(e)}"
@@ -672,7 +671,7 @@ def convert_with_report(
 
     from tfquant.models import summary
 
-    sizes: dict[str, float | None] = dict(_inspect.size_breakdown(flatbuffer))
+    sizes: dict[str, float | None] = dict(_flatbuffer.size_breakdown(flatbuffer))
     sizes["ideal_bitpacked"] = summary(model, print_fn=None).memory_bytes
 
     report_parity = None
@@ -682,7 +681,7 @@ def convert_with_report(
         report_parity = _verify(flatbuffer, model, parity_inputs, parity_samples)
         seconds["verify"] = time.perf_counter() - t
     report = ConversionReport(
-        ops=_inspect.op_counts(flatbuffer),
+        ops=_flatbuffer.op_counts(flatbuffer),
         layers=layers,
         sizes=sizes,
         parity=report_parity,
@@ -732,7 +731,7 @@ def _convert_saved_model_dir(
         "layer became LceBconv2d was not checked; convert the .keras file for those",
         "ideal bit-packed size unknown (needs the Keras layers)",
     ]
-    sizes: dict[str, float | None] = dict(_inspect.size_breakdown(flatbuffer))
+    sizes: dict[str, float | None] = dict(_flatbuffer.size_breakdown(flatbuffer))
     sizes["ideal_bitpacked"] = None
     report_parity = None
     if verify:
@@ -740,7 +739,7 @@ def _convert_saved_model_dir(
         say("checking parity with LCE's interpreter")
         try:
             with _quiet():
-                reference = _inspect.SavedModelFunction(path)
+                reference = _flatbuffer.SavedModelFunction(path)
         except Exception as e:  # TensorFlow's loader raises many types
             raise ConversionError(
                 f"Could not load the SavedModel {path!r} for the parity check: {_first_line(e)}"
@@ -749,7 +748,7 @@ def _convert_saved_model_dir(
         report_parity["reference"] = "SavedModel serving signature"
         seconds["verify"] = time.perf_counter() - t
     report = ConversionReport(
-        ops=_inspect.op_counts(flatbuffer),
+        ops=_flatbuffer.op_counts(flatbuffer),
         layers=[],
         sizes=sizes,
         parity=report_parity,

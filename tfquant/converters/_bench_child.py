@@ -1,6 +1,6 @@
 """The child process of :func:`tfquant.converters.bench.isolated_latency` (not a public API).
 
-Run as a script, ``python .../converters/_bench_child.py MODEL --threads 1 2 --runs 20
+Run as a script, ``python .../tfquant/converters/_bench_child.py MODEL --threads 1 2 --runs 20
 --warmup 3 --memory-limit BYTES [--no-indirect-bgemm]``, it times the model with
 ``bench.local_latency`` and prints one line ``TFQUANT_BENCH_RESULT {json}`` on stdout:
 ``{"results": [...]}``, or ``{"error": first line, "kind": "model" | "environment"}`` with
@@ -11,19 +11,14 @@ is loaded from its file, and LCE's interpreter without ``larq_compute_engine/__i
 (which imports the converter, hence TensorFlow; the interpreter itself needs only numpy).
 """
 
+import argparse
+import importlib.util
+import json
 import os
 import sys
+import types
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == _HERE:
-    # Python put this folder first on sys.path; its inspect.py would shadow the standard
-    # library's, so drop it before importing anything.
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import types  # noqa: E402
 
 RESULT_PREFIX = "TFQUANT_BENCH_RESULT "  # the same as bench._RESULT_PREFIX (tested)
 

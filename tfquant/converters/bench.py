@@ -142,7 +142,7 @@ def isolated_latency(
     the caller down.
 
     The model is validated in this process (pure Python, milliseconds), written to a
-    temporary file and timed by ``python converters/_bench_child.py`` with
+    temporary file and timed by ``python tfquant/converters/_bench_child.py`` with
     ``TF_CPP_MIN_LOG_LEVEL=3``, an address-space limit and its stderr captured. The child
     loads LCE's interpreter without ``larq_compute_engine/__init__`` (which imports
     TensorFlow for the converter): the child costs about 0.15 s over :func:`local_latency`

@@ -9,7 +9,7 @@ limits (binary Dense, ternary / k-bit weights as exact int8), and
 (``UnsafeModelError``) unless ``unsafe=True``.
 """
 
-from tfquant.converters import bench, device, inspect, rewrite, safety, validate
+from tfquant.converters import bench, device, flatbuffer, rewrite, safety, validate
 from tfquant.converters.lce import (
     ConversionError,
     ConversionReport,
@@ -32,7 +32,7 @@ __all__ = [
     "UnsafeModelError",
     "ConversionReport",
     "LayerReport",
-    "inspect",
+    "flatbuffer",
     "rewrite",
     "bench",
     "device",
