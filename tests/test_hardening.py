@@ -471,8 +471,8 @@ def test_fuzz_train_options_parse_or_exit_2(option, value):
     import contextlib
     import io
 
-    from tfquant._train_cli import config_from_args
     from tfquant.cli import build_parser
+    from tfquant.cli.train import config_from_args
     from tfquant.train import check_config
 
     stderr = io.StringIO()

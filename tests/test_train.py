@@ -198,7 +198,7 @@ def test_only_tfquant_errors_are_reported_as_bad_input():
     """`tfquant train` reports a ValueError raised by tfquant (which names what was expected
     and received) as bad input (exit 2), and lets one raised inside another library while
     training (a bug) out with its traceback."""
-    from tfquant._train_cli import raised_by_tfquant
+    from tfquant.cli.train import raised_by_tfquant
     from tfquant.train import TrainConfig, check_config
 
     with pytest.raises(ValueError) as ours:

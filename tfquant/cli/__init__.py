@@ -3,7 +3,7 @@
 Each subcommand is registered by a function ``register(subparsers)`` that adds its parser
 and sets ``func`` (``args -> exit code``). The subcommands of this module are listed in
 ``_BUILTIN``; other modules that define ``register`` join through ``SUBCOMMAND_MODULES``
-(e.g. ``tfquant._train_cli`` for ``tfquant train``), so a new subcommand is one new module
+(e.g. ``tfquant.cli.train`` for ``tfquant train``), so a new subcommand is one new module
 plus one line here. Bad input (a missing file, something that is not a model, a model LCE
 cannot take, an output that cannot be written) prints a message on stderr and exits 2.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Modules defining ``register(subparsers)``; a module that is not there yet is skipped.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("tfquant._train_cli",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("tfquant.cli.train",)
 
 EXIT_BAD_INPUT = 2
 
