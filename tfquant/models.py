@@ -16,6 +16,8 @@ __all__ = [
     "ModelSummary",
     "summary",
     "finalize",
+    "deployable",
+    "save_deployable",
     "quantized_layers",
     "float_twin",
 ]
@@ -232,6 +234,11 @@ def finalize(
 
     Returns:
         ``model``.
+
+    To save the deployable file, without the optimizer's state (its moments or mirror-descent
+    duals, several times the weights' size) and without compile settings, save an uncompiled
+    copy: ``tfquant.models.save_deployable(model, "model.keras")``. ``model.save`` would
+    keep the training state, which is what checkpoints are for.
     """
     optimizer = getattr(model, "optimizer", None)
     if getattr(optimizer, "built", False) and callable(getattr(optimizer, "hard_quantize", None)):
@@ -255,6 +262,37 @@ def finalize(
     if data is not None:
         reestimate_batchnorm(model, data, batch_size=batch_size, steps=steps)
     return model
+
+
+def deployable(model: keras.Model) -> keras.Model:
+    """An uncompiled copy of ``model`` with the same weights: the model without its training
+    state (no optimizer, loss or metrics), for saving after :func:`finalize`.
+
+    Keras' ``.keras`` format saves a compiled model's optimizer variables with it (Adam's two
+    moments per weight, mirror descent's duals: four times a binary network's weights) and
+    has no option to leave them out; a copy that was never compiled has none to save.
+
+    Raises:
+        ValueError: a subclassed model (no graph of layers to copy).
+    """
+    check_keras3(model)
+    if not getattr(model, "compiled", False):
+        return model
+    try:
+        copy = keras.models.clone_model(model)
+    except ValueError as e:
+        raise ValueError(
+            f"Expected a Functional or Sequential model to copy without its optimizer. "
+            f"Received: {type(model).__name__} ({e})"
+        ) from None
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def save_deployable(model: keras.Model, path: str) -> None:
+    """Save :func:`deployable` ``(model)`` to ``path`` (a ``.keras`` file): the weights and
+    layers a converter or ``keras.models.load_model`` needs, without the training state."""
+    deployable(model).save(path)
 
 
 def float_twin(model: keras.Model) -> keras.Model:

@@ -25,7 +25,7 @@ import numpy as np
 from tfquant import _files, datasets, distribute, zoo
 from tfquant._keras import keras
 from tfquant.callbacks import HardValidation
-from tfquant.models import finalize, quantized_layers, summary
+from tfquant.models import finalize, quantized_layers, save_deployable, summary
 
 __all__ = ["METHODS", "ARTIFACTS", "TrainConfig", "run", "check_config"]
 
@@ -807,6 +807,7 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
                 validation_data=(data.xte, data.yte),
                 callbacks=[*callbacks, hard_validation, checkpoints],
                 verbose=verbose,
+                shuffle=False,  # the batches are shuffled per (seed, epoch) already
             )
         history = checkpoints.history
         train_seconds = checkpoints.seconds + time.perf_counter() - start
@@ -828,7 +829,7 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
     finalize(model, bn_data, batch_size=config.batch_size)
     test_pred = model.predict(xte, batch_size=512, verbose=0)
     model_summary = summary(model, print_fn=None)
-    model.save(stage("model.keras"))
+    save_deployable(model, stage("model.keras"))  # the checkpoints keep the training state
 
     report: dict[str, Any] = {
         "config": dataclasses.asdict(config),
