@@ -161,3 +161,88 @@ def test_output_files_follow_the_umask(models, tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o640
+
+
+def _help_texts(parser) -> dict[str, str]:
+    """``--help`` of the command and of every subcommand, by name."""
+    import argparse
+
+    texts = {"tfquant": parser.format_help()}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                texts[name] = sub.format_help()
+    return texts
+
+
+def test_help_texts_are_plain_text():
+    from tfquant.cli import build_parser
+
+    texts = _help_texts(build_parser())
+    assert set(texts) == {"tfquant", "convert", "summary", "bench", "train"}
+    for name, text in texts.items():
+        for markup in ("``", ":func:", ":class:", ":mod:", ":data:"):
+            assert markup not in text, (name, markup, text)
+    assert "tfquant convert | summary | bench | train" in texts["tfquant"]
+
+
+def test_user_errors_exit_2_by_type_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    # The mapping is by type alone: a TfquantError from anywhere is the user's to fix (one
+    # line, exit 2); a plain ValueError is a bug and propagates with its traceback.
+    from tfquant import cli
+    from tfquant.errors import ConfigError
+
+    def refuses(args):
+        raise ConfigError("Expected a model file. Received: 'x'")
+
+    monkeypatch.setattr(cli.summary, "run", refuses)
+    assert cli.main(["summary", "x"]) == 2
+    assert (
+        capsys.readouterr().err == "tfquant summary: error: Expected a model file. Received: 'x'\n"
+    )
+
+    def breaks(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli.summary, "run", breaks)
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["summary", "x"])
+
+
+def test_user_facing_errors_are_typed():
+    from tfquant._files import FileError
+    from tfquant.cli import UsageError
+    from tfquant.datasets import DatasetNotFoundError
+    from tfquant.errors import ConfigError, TfquantError
+
+    assert issubclass(FileError, ConfigError) and issubclass(FileError, ValueError)
+    assert issubclass(UsageError, TfquantError)
+    assert issubclass(DatasetNotFoundError, TfquantError)
+    assert issubclass(DatasetNotFoundError, FileNotFoundError)
+
+
+def test_a_signal_during_a_commit_lands_after_it(tmp_path):
+    # Outputs.commit holds the signals back: the files land together, then the signal
+    # raises, and the command line's line names them.
+    import signal
+
+    from tfquant import _files, _signals
+
+    received: list[int] = []
+    outputs = _files.Outputs(overwrite=False)
+    for name in ("a.txt", "b.txt"):
+        outputs.add(tmp_path / name, name)
+        outputs.write(tmp_path / name, name)
+    with pytest.raises(_signals.Interrupted), _signals.raising(received):
+        with _signals.held():
+            os.kill(os.getpid(), signal.SIGHUP)
+            written = outputs.commit()
+            assert received == []  # not yet delivered
+    assert received == [signal.SIGHUP]
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
+    line = _signals.interrupted_line("convert", written)
+    assert (
+        line
+        == f"tfquant convert: interrupted; wrote {tmp_path / 'a.txt'}, {tmp_path / 'b.txt'} before it"
+    )
+    assert _signals.interrupted_line(None, []) == "tfquant: interrupted; nothing written"

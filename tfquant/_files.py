@@ -21,15 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 
-__all__ = ["FileError", "Outputs", "check_input", "created_directory", "describe", "umask"]
+from tfquant import _signals
+from tfquant.errors import ConfigError
+
+__all__ = [
+    "FileError",
+    "Outputs",
+    "check_input",
+    "created_directory",
+    "describe",
+    "umask",
+    "write_file",
+]
 
 _TEMP_PREFIX = ".tfquant-"
-_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 # Every file an Outputs.commit moved into place in this process, in order: the command line
@@ -37,8 +46,11 @@ _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 COMMITTED: list[str] = []
 
 
-class FileError(ValueError):
-    """An input or output path that cannot be used; the message says what was expected."""
+class FileError(ConfigError):
+    """An input or output path that cannot be used; the message says what was expected.
+
+    A :class:`tfquant.errors.ConfigError` (so a ``ValueError``): the command line reports
+    it in one line with exit status 2."""
 
 
 def umask() -> int:
@@ -106,13 +118,6 @@ def _probe(directory: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".probe", dir=directory)
     os.close(fd)
     os.unlink(tmp)
-
-
-def _block_signals() -> set | None:
-    try:
-        return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-    except (AttributeError, ValueError, OSError):  # not the main thread / not POSIX
-        return None
 
 
 class Outputs:
@@ -263,30 +268,28 @@ class Outputs:
         Raises:
             FileError: a move failed; staged files not yet moved are deleted.
         """
-        previous = _block_signals()
-        try:
-            mode = 0o666 & ~umask()
-            for path in self._targets:
-                tmp = self._staged.get(path)
-                if tmp is None:
-                    continue
-                try:
-                    os.chmod(tmp, mode)
-                    os.replace(tmp, path)
-                except OSError as e:
-                    raise FileError(f"Cannot write {path!r}: {e.strerror or e}") from None
-                del self._staged[path]
-                self.written.append(path)
-                COMMITTED.append(path)
-            for path in self._remove:
-                if path not in self.written and os.path.lexists(path):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                        self.removed.append(path)
-        finally:
-            self.discard()
-            if previous is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        with _signals.held():
+            try:
+                mode = 0o666 & ~umask()
+                for path in self._targets:
+                    tmp = self._staged.get(path)
+                    if tmp is None:
+                        continue
+                    try:
+                        os.chmod(tmp, mode)
+                        os.replace(tmp, path)
+                    except OSError as e:
+                        raise FileError(f"Cannot write {path!r}: {e.strerror or e}") from None
+                    del self._staged[path]
+                    self.written.append(path)
+                    COMMITTED.append(path)
+                for path in self._remove:
+                    if path not in self.written and os.path.lexists(path):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                            self.removed.append(path)
+            finally:
+                self.discard()
         return list(self.written)
 
     def discard(self) -> None:
@@ -301,6 +304,32 @@ class Outputs:
 
     def __exit__(self, *exc) -> None:
         self.discard()
+
+
+def write_file(
+    path: str | os.PathLike, data: bytes | str, *, what: str = "output", overwrite: bool = True
+) -> str:
+    """Write one file by the same policy as a command's outputs: checked (its directory
+    exists and takes files, it is no directory or special file), staged beside it and moved
+    into place, so ``path`` is either as it was or complete, with the mode ``open()`` gives.
+
+    Args:
+        path: the file to write.
+        data: bytes (written as they are) or text.
+        what: what the file is, for the error message.
+        overwrite: replace an existing regular file (default); False refuses it.
+
+    Returns:
+        The path, as a string.
+
+    Raises:
+        FileError: the path cannot be written; the message says why.
+    """
+    with Outputs(overwrite=overwrite, overwrite_flag="overwrite=True") as outputs:
+        path = outputs.add(path, what)
+        outputs.write(path, data)
+        outputs.commit()
+    return path
 
 
 @contextlib.contextmanager

@@ -1,0 +1,75 @@
+"""tfquant.progress: whole lines with the elapsed time and an estimate of what is left."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+
+from tfquant._keras import keras
+from tfquant.progress import EpochLines, Progress, elapsed_and_left
+
+
+def test_estimate_is_the_pace_so_far_times_what_is_left():
+    assert elapsed_and_left(12.34, 2, 5) == "12.3 s  ~19 s left"
+    assert elapsed_and_left(3.0, 0, 5) == "3.0 s"  # nothing done yet: no estimate
+    assert elapsed_and_left(3.0, 5, 5) == "3.0 s"  # all done
+    assert elapsed_and_left(3.0, 2, None) == "3.0 s"  # total unknown
+
+
+def test_progress_prints_one_whole_line_per_step():
+    out = io.StringIO()
+    progress = Progress(total=3, stream=out)
+    for step in ("loading", "converting", "timing"):
+        progress(step)
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split("  ")[0] for line in lines] == [
+        "[1/3] loading",
+        "[2/3] converting",
+        "[3/3] timing",
+        "done in 0.0 s",
+    ]
+    assert "\r" not in out.getvalue()
+    assert re.fullmatch(r"\[2/3\] converting  \d+\.\d s  ~\d+ s left", lines[1]), lines[1]
+
+    failed = io.StringIO()
+    progress = Progress(stream=failed)
+    progress("exporting")
+    progress.close(failed=True)
+    assert re.fullmatch(r"exporting  0\.0 s\nfailed after \d+\.\d s\n", failed.getvalue())
+
+    quiet = io.StringIO()
+    progress = Progress(enabled=False, stream=quiet)
+    progress("anything")
+    progress.close()
+    assert quiet.getvalue() == ""
+
+
+def test_epoch_lines_callback_prints_one_line_per_epoch():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    out = io.StringIO()
+    model.fit(
+        x,
+        y,
+        epochs=4,
+        initial_epoch=1,
+        batch_size=8,
+        validation_data=(x, y),
+        verbose=0,
+        callbacks=[EpochLines(stream=out)],
+    )
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3, lines  # epochs 2..4 of a run resumed after epoch 1
+    number = r"-?[\d.e+-]+"
+    for i, line in enumerate(lines):
+        left = "" if i == 2 else r"  ~\d+ s left"
+        assert re.fullmatch(
+            rf"epoch {i + 2}/4  acc {number}  loss {number}  val_acc {number}  "
+            rf"val_loss {number}  \d+\.\d s{left}",
+            line,
+        ), line

@@ -1,0 +1,84 @@
+"""The signals that end a ``tfquant`` command, defined once: which, how, and the line it prints.
+
+SIGINT (Ctrl-C), SIGTERM and SIGHUP end a command the same way: one line on stderr naming
+what had already been written, exit status 128 + the signal number, no traceback. Three
+places use them: the ``tfquant`` launcher during TensorFlow's import, the command line
+while a subcommand runs (:func:`raising`), and :class:`tfquant._files.Outputs` while it
+moves a run's files into place (:func:`held`, so a run's files land all or none).
+
+This module imports only the standard library and nothing from tfquant: the launcher loads
+it before TensorFlow is imported, and every layer of the package may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterable, Iterator
+
+__all__ = ["HELD", "Interrupted", "held", "ignore", "interrupted_line", "raising"]
+
+HELD: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def interrupted_line(command: str | None, written: Iterable[str]) -> str:
+    """The line an interrupted command prints, e.g. ``tfquant convert: interrupted; nothing
+    written`` (``command`` None: during the import, before a subcommand ran)."""
+    written = list(written)
+    name = f"tfquant {command}" if command else "tfquant"
+    kept = "; wrote " + ", ".join(written) + " before it" if written else "; nothing written"
+    return f"{name}: interrupted{kept}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """One of :data:`HELD` arrived; ``signum`` says which. A KeyboardInterrupt, so
+    ``except Exception`` clauses in libraries let it through to the command line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def ignore() -> None:
+    """Ignore :data:`HELD` from now on (a finished command must not turn into a failed one,
+    nor a clean-up under way be cut short)."""
+    for s in HELD:
+        signal.signal(s, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def raising(received: list[int]) -> Iterator[None]:
+    """Within the block, the first of :data:`HELD` raises :class:`Interrupted` and is
+    recorded in ``received``; later ones (during the clean-up the first one starts) are
+    ignored. Outside the main thread, signals are left alone."""
+
+    def handler(signum, frame):
+        ignore()
+        received.append(signum)
+        raise Interrupted(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in HELD}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Block :data:`HELD` within the block; one that arrives meanwhile is delivered right
+    after it. Outside the main thread or POSIX, nothing is blocked."""
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    except (AttributeError, ValueError, OSError):
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
