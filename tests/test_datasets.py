@@ -82,4 +82,4 @@ def test_idx_reader_rejects_other_files(tmp_path):
     with gzip.open(bad, "wb") as f:
         f.write(b"not an idx file")
     with pytest.raises(ValueError, match="IDX"):
-        datasets._read_idx(bad)
+        datasets.arrays._read_idx(bad)

