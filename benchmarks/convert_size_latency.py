@@ -38,8 +38,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tfquant  # noqa: E402
+from tfquant._files import write_file  # noqa: E402
 from tfquant._keras import keras, tf  # noqa: E402
-from tfquant.converters import bench, convert, convert_with_report, write_atomic  # noqa: E402
+from tfquant.converters import bench, convert, convert_with_report  # noqa: E402
 from tfquant.layers import QuantConv2D  # noqa: E402
 
 STAGES = ((64, False), (128, True), (256, True), (256, False), (512, True))
@@ -160,7 +161,7 @@ def main(argv=None) -> None:
     print(text)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_atomic(args.out, text + "\n")
+        write_file(args.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ def evaluate_and_convert(model, x_test, y_test, out: str | None) -> dict:
     import numpy as np
 
     from tfquant import converters
+    from tfquant._files import write_file
 
     accuracy = float(np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test))
     flatbuffer = converters.convert(model)
     if out:
-        converters.write_atomic(f"{out}/model.tflite", flatbuffer)
+        write_file(f"{out}/model.tflite", flatbuffer)
     ops = converters.flatbuffer.op_counts(flatbuffer)
     print(
         f"hard-quantized test accuracy {accuracy:.4f}; LceBconv2d ops: {ops.get('LceBconv2d', 0)}"

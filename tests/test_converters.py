@@ -18,7 +18,6 @@ from tfquant.converters import (
     convert,
     convert_with_report,
     load_model,
-    write_atomic,
 )
 from tfquant.converters.flatbuffer import io_details, op_counts, run, size_breakdown
 from tfquant.converters.rewrite import int8_weight_scales, plan_layers, rewrite_model
@@ -296,26 +295,6 @@ def test_unsupported_layer_is_a_conversion_error():
     model = keras.Model(inp, keras.layers.Lambda(lambda x: tf.math.digamma(x))(inp))
     with pytest.raises(ConversionError, match="Digamma"):
         convert(model)
-
-
-def test_write_atomic(tmp_path):
-    target = tmp_path / "m.tflite"
-    write_atomic(target, b"abc")
-    assert target.read_bytes() == b"abc"
-    for umask in (0o022, 0o077, 0o002):
-        old = os.umask(umask)
-        try:
-            write_atomic(target, "text")
-        finally:
-            os.umask(old)
-        # the mode open() would give, not mkstemp's 0600
-        assert target.stat().st_mode & 0o777 == 0o666 & ~umask, oct(umask)
-    assert target.read_text() == "text"
-    with pytest.raises(ConversionError, match="Cannot write"):
-        write_atomic(tmp_path / "no" / "m.tflite", b"abc")
-    with pytest.raises(ConversionError, match="directory"):
-        write_atomic(tmp_path, b"abc")
-    assert sorted(os.listdir(tmp_path)) == ["m.tflite"]
 
 
 # ---------------------------------------------------------------------------------------------

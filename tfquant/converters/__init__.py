@@ -18,7 +18,6 @@ from tfquant.converters.lce import (
     convert,
     convert_with_report,
     load_model,
-    write_atomic,
 )
 from tfquant.converters.safety import UnsafeModelError
 
@@ -26,7 +25,6 @@ __all__ = [
     "convert",
     "convert_with_report",
     "load_model",
-    "write_atomic",
     "ConversionError",
     "LayerNotBinaryError",
     "UnsafeModelError",

@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tfquant._files import FileError, check_input, umask
+from tfquant._files import FileError, check_input
 from tfquant._keras import check_keras3, keras, tf
 from tfquant.converters import flatbuffer as _flatbuffer
 from tfquant.converters import rewrite as _rewrite
@@ -41,7 +41,6 @@ __all__ = [
     "load_model",
     "convert",
     "convert_with_report",
-    "write_atomic",
 ]
 
 _TARGETS = ("arm", "xcore")
@@ -791,42 +790,3 @@ def convert(
         unsafe=unsafe,
     )
     return flatbuffer
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and
-    ``os.replace``, so ``path`` is either absent/unchanged or complete.
-
-    The file gets the mode an ordinary ``open(path, "w")`` would give it (``0o666`` less
-    the umask), not the ``0o600`` of a temporary file.
-
-    Args:
-        path: the file to write.
-        data: bytes (written as they are) or text.
-
-    Raises:
-        ConversionError: the directory does not exist or is not writable, or ``path`` is a
-            directory.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ConversionError(f"Cannot write {path!r}: it is a directory")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tfquant-", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise ConversionError(f"Cannot write {path!r}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise ConversionError(f"Cannot write {path!r}: {e.strerror or e}") from e
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
