@@ -61,7 +61,7 @@ def test_epoch_lines_callback_prints_one_line_per_epoch():
         batch_size=8,
         validation_data=(x, y),
         verbose=0,
-        callbacks=[EpochLines(stream=out)],
+        callbacks=[EpochLines(stream=out, every=None)],
     )
     lines = out.getvalue().splitlines()
     assert len(lines) == 3, lines  # epochs 2..4 of a run resumed after epoch 1
@@ -73,3 +73,22 @@ def test_epoch_lines_callback_prints_one_line_per_epoch():
             rf"val_loss {number}  \d+\.\d s{left}",
             line,
         ), line
+
+
+def test_epoch_lines_within_a_long_epoch():
+    # every=0: a line after each step (a long epoch in a log), with the run's estimate
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((32, 4), "float32")
+    out = io.StringIO()
+    model.fit(x, x[:, :1], epochs=2, batch_size=8, verbose=0, callbacks=[EpochLines(out, every=0)])
+    lines = out.getvalue().splitlines()
+    assert [line.split("  ")[:2] for line in lines] == [
+        *[["epoch 1/2", f"step {i}/4"] for i in range(1, 5)],
+        ["epoch 1/2", lines[4].split("  ")[1]],
+        *[["epoch 2/2", f"step {i}/4"] for i in range(1, 5)],
+        ["epoch 2/2", lines[9].split("  ")[1]],
+    ]
+    assert lines[4].split("  ")[1].startswith("loss ")
+    assert re.fullmatch(r"epoch 1/2  step 2/4  \d+\.\d s  ~\d+ s left", lines[1]), lines[1]
+    assert re.fullmatch(r"epoch 2/2  step 4/4  \d+\.\d s", lines[8]), lines[8]  # all done
