@@ -269,8 +269,9 @@ def deployable(model: keras.Model) -> keras.Model:
     state (no optimizer, loss or metrics), for saving after :func:`finalize`.
 
     Keras' ``.keras`` format saves a compiled model's optimizer variables with it (Adam's two
-    moments per weight, mirror descent's duals: four times a binary network's weights) and
-    has no option to leave them out; a copy that was never compiled has none to save.
+    moments per weight, and mirror descent's duals: a file four times the weights' size for
+    ``tfquant train``'s main job) and has no option to leave them out (``include_optimizer``
+    is for ``.h5`` only); a copy that was never compiled has none to save.
 
     Raises:
         ValueError: a subclassed model (no graph of layers to copy).
