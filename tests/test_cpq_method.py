@@ -35,7 +35,9 @@ def test_zoo_cpq_gives_each_layer_its_own_grid():
     dorefa = zoo.build("binary_cnn", method="dorefa", method_options={"bits": 4})
     q = dorefa.get_layer("s1_conv1")
     assert isinstance(q.kernel_quantizer, UniformQuantizer) and q.kernel_quantizer.bits == 4
-    with pytest.raises(ValueError, match="Expected options of method 'tsq' among none"):
+    with pytest.raises(ValueError, match="Expected options of method 'ste' among none"):
+        zoo.build("binary_cnn", method="ste", method_options={"bits": 3})
+    with pytest.raises(ValueError, match=r"method 'tsq' among \['finetune_epochs'\]"):
         zoo.build("binary_cnn", method="tsq", method_options={"bits": 3})
     with pytest.raises(ValueError, match="method_options only with a method"):
         zoo.build("binary_cnn", method_options={"bits": 3})

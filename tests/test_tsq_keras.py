@@ -8,6 +8,7 @@ from tfquant import quantizers
 from tfquant._keras import keras
 from tfquant.layers import QuantConv2D, QuantDense
 from tfquant.methods import tsq
+from tfquant.methods.tsq import step2
 
 FAST = dict(samples=600, iterations=10, batch_size=16, progress=False)
 
@@ -187,7 +188,7 @@ def test_sampled_rows_are_conv_rows():
     model, layer = _model("conv", False, rng)
     x = _inputs("conv", rng, n=16)
     bn = None
-    X, Y = tsq._sample_layer(model, model, layer, x, bn, 200, 8, np.random.default_rng(0), None)
+    X, Y = step2._sample_layer(model, model, layer, x, bn, 200, 8, np.random.default_rng(0), None)
     assert X.shape == (200, 27) and Y.shape == (200, 4)
     kmat = layer.kernel.numpy().reshape(-1, 4).astype(np.float64)
     q = layer.kernel_quantizer(layer.kernel).numpy().reshape(-1, 4)

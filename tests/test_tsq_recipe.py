@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfquant
-from tfquant import quantizers, zoo
+from tfquant import quantizers, train, zoo
 from tfquant._keras import keras
 from tfquant.converters import convert_with_report
 from tfquant.converters.flatbuffer import run as run_tflite
@@ -33,7 +33,10 @@ def test_zoo_method_chooses_the_quantizers():
 
     binary = zoo.build("bireal_cnn", method="binary-relax", input_shape=(8, 8, 1))
     convs = [m for m in binary.layers if isinstance(m, QuantConv2D)]
-    assert {type(m.kernel_quantizer).__name__ for m in convs} == {"ScaledSign"}
+    # BinaryRelax's relaxed quantizer, built with the layer, over the paper's scaled sign
+    assert {type(m.kernel_quantizer).__name__ for m in convs} == {"RelaxedQuantizer"}
+    assert {type(m.kernel_quantizer.quantizer).__name__ for m in convs} == {"ScaledSign"}
+    assert len({id(m.kernel_quantizer) for m in convs}) == len(convs)  # one per layer
     assert all(m.pad_values == 1.0 for m in convs)  # LCE's fast path for sign inputs
     assert "head_relu" not in [m.name for m in binary.layers]
 
@@ -214,7 +217,7 @@ def test_fit_runs_the_three_stages():
             assert len(np.unique(np.abs(w[:, c]))) <= 2
 
 
-def test_fit_without_step2_and_bad_input():
+def test_fit_without_step2_and_bad_input(tmp_path):
     (x, y), _ = _digits()
     model = zoo.build("binary_cnn", method="tsq", input_shape=x.shape[1:], widths=(32, 32))
     result = tsq.fit(model, x, y, code_epochs=1, finetune_epochs=0, step2=False, verbose=0)
@@ -223,13 +226,25 @@ def test_fit_without_step2_and_bad_input():
         tsq.fit(model, x, y, code_epochs=1, finetune_epochs=-1)
     with pytest.raises(ValueError, match="code_epochs"):
         tsq.fit(model, x, y, code_epochs=0, finetune_epochs=1)
-    # a resume point: step 3's epochs only after step 2 (its records), step 1's only before
+    # a resume point (the checkpoint tfquant train gives every method): step 3's epochs
+    # only after step 2 (its records in the method's state), step 1's only before
+    def checkpoint(start):
+        return train._Checkpoints(tmp_path, train.TrainConfig(method="tsq"), False, start)
+
     with pytest.raises(ValueError, match="initial_epoch=2, step2_records None"):
-        tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, initial_epoch=2)
+        tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, checkpoints=checkpoint({"epoch": 2}))
+    after_step2 = {"tsq": {"records": [], "seconds": 0.0}}
     with pytest.raises(ValueError, match="initial_epoch=0, step2_records given"):
-        tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, step2_records=[])
+        tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, checkpoints=checkpoint(after_step2))
     with pytest.raises(ValueError, match=r"in 1\.\.3 after it. Received: initial_epoch=4"):
-        tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, initial_epoch=4, step2_records=[])
+        tsq.fit(
+            model,
+            x,
+            y,
+            code_epochs=1,
+            finetune_epochs=2,
+            checkpoints=checkpoint({"epoch": 4, **after_step2}),
+        )
     binary = zoo.build("binary_cnn", method="ste", input_shape=x.shape[1:], widths=(32, 32))
     with pytest.raises(ValueError, match="kernel_quantizer is a SteTernary"):
         tsq.fit(binary, x, y, code_epochs=1, finetune_epochs=0)

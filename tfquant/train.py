@@ -22,17 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from tfquant import _files, datasets, distribute, zoo
+from tfquant import _files, datasets, distribute, methods, zoo
 from tfquant._keras import keras
 from tfquant.callbacks import HardValidation
-from tfquant.models import finalize, quantized_layers, save_deployable, summary
+from tfquant.errors import ConfigError
+from tfquant.methods.base import FitContext, Method, Option
+from tfquant.models import quantized_layers, save_deployable, summary
 
 __all__ = ["METHODS", "ARTIFACTS", "TrainConfig", "run", "check_config"]
 
-METHODS = ("md-tanh-s", "md-softmax-s", "binary-relax", "ste", "tsq", "cpq", "dorefa", "float")
-# methods whose weights and activations take --bits, and their default
-BITS_METHODS = {"cpq": 3, "dorefa": 2}
-DROPBITS = ("A", "B", "none")
+# the built-in methods' names (tfquant.methods.names() also lists those registered later)
+METHODS = tuple(methods.names())
 ARTIFACTS = ("model.keras", "model.tflite", "report.json", "report.md", "curves.png")
 CHECKPOINTS = "checkpoints"  # out/checkpoints: the last epoch's state, for --resume
 # config fields a resumed run may change: they do not change what is trained
@@ -45,14 +45,15 @@ class TrainConfig:
 
     dataset: str = "fashion_mnist"
     model: str = "bireal_cnn"
-    method: str = "md-tanh-s"
+    method: str = methods.DEFAULT
     epochs: int = 2
     batch_size: int = 128
     learning_rate: float | None = None  # None: the method's default
-    finetune_epochs: int | None = None  # tsq: epochs of step 3 (None: epochs // 3, >= 1)
-    bits: int | None = None  # cpq, dorefa: bits of weights and activations (None: 3, 2)
-    learn_bits: bool = False  # cpq: learn each layer's weight bit-width, starting at `bits`
-    dropbits: str = "A"  # cpq: DropBits scheme "A" (range), "B" (resolution) or "none"
+    # the methods' declared options (tfquant.methods), None or these defaults: not given
+    finetune_epochs: int | None = None  # epochs of TSQ's step 3 (None: epochs // 3, >= 1)
+    bits: int | None = None  # bits of weights and activations (None: the method's default)
+    learn_bits: bool = False  # learn each layer's weight bit-width, starting at `bits`
+    dropbits: str = "A"  # DropBits scheme "A" (range), "B" (resolution) or "none"
     limit: int | None = None  # use only the first `limit` training (and limit//4 test) samples
     data_dir: str | None = None  # an image-folder tree (one folder per class) instead of dataset
     image_size: str | None = None  # data_dir: "H,W" to resize to (None: the images' own size)
@@ -67,95 +68,103 @@ class TrainConfig:
     resume: bool = False  # continue the run whose checkpoints are in out/checkpoints
 
 
+# The numeric settings of TrainConfig with their ranges, written once: check_config and
+# the command line's flags (tfquant.cli.train) both read them. The methods' own options
+# (bits, ...) are declared by the methods (tfquant.methods).
+FIELDS: tuple[Option, ...] = (
+    Option("epochs", int, 2, "epochs to train", min=1, max=10_000),
+    Option("batch_size", int, 128, "training batch size", min=1, max=65_536),
+    Option("learning_rate", float, None, "default: the method's", min=0, open_interval=True),
+    Option(
+        "validation_split",
+        float,
+        0.1,
+        "with --data-dir: held-out fraction",
+        min=0,
+        max=1,
+        open_interval=True,
+    ),
+    Option("limit", int, None, "train on the first N samples only", min=8),
+    Option("seed", int, 0, "seed of the initialization, the batches and step 2", min=0,
+           max=2**32 - 1),
+)
+
+
+def method_option_fields() -> tuple[str, ...]:
+    """The TrainConfig fields that are methods' options (declared by some method)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return tuple(n for n in methods.options() if n in names)
+
+
+def _given(config: TrainConfig, name: str) -> bool:
+    """Whether ``config`` sets method option ``name`` (not None nor the field's default)."""
+    default = TrainConfig.__dataclass_fields__[name].default
+    value = getattr(config, name)
+    return value is not None and value != default
+
+
 def check_config(config: TrainConfig) -> None:
-    """Raise ValueError naming what was expected and what was received."""
+    """Raise :class:`~tfquant.errors.ConfigError` (a ValueError) naming what was expected
+    and what was received."""
     if config.strategy not in distribute.STRATEGIES:
-        raise ValueError(
+        raise ConfigError(
             f"Expected strategy in {distribute.STRATEGIES}. Received: {config.strategy!r}"
         )
     if config.data_dir is None and (config.image_size is not None or config.augment):
-        raise ValueError(
+        raise ConfigError(
             "Expected image_size and augment only with data_dir (an image-folder tree). "
             f"Received: image_size={config.image_size!r}, augment={config.augment!r}"
         )
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
-        raise ValueError(
+        raise ConfigError(
             f"Expected data_dir an existing directory with one folder per class. Received: "
             f"{config.data_dir!r}"
         )
-    vs = config.validation_split
-    if isinstance(vs, bool) or not isinstance(vs, (int, float)) or not 0 < vs < 1:
-        raise ValueError(f"Expected validation_split in (0, 1). Received: {vs!r}")
     if config.data_dir is None and config.dataset not in datasets.DATASETS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown dataset {config.dataset!r}. Expected one of {sorted(datasets.DATASETS)}."
         )
     if config.model not in zoo.MODELS:
-        raise ValueError(f"Unknown model {config.model!r}. Expected one of {sorted(zoo.MODELS)}.")
-    if config.method not in METHODS:
-        raise ValueError(f"Unknown method {config.method!r}. Expected one of {list(METHODS)}.")
-    for name, high in (("epochs", 10_000), ("batch_size", 65_536)):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-            raise ValueError(f"Expected {name} an integer in 1..{high}. Received: {name}={value!r}")
-    if config.finetune_epochs is not None:
-        if config.method != "tsq":
-            raise ValueError(
-                "Expected finetune_epochs only with method 'tsq' (TSQ's third stage). "
-                f"Received: finetune_epochs={config.finetune_epochs!r} with method "
-                f"{config.method!r}"
+        raise ConfigError(
+            f"Unknown model {config.model!r}. Expected one of {sorted(zoo.MODELS)}."
+        )
+    method = methods.get(config.method)
+    for field in FIELDS:
+        value = getattr(config, field.name)
+        if value is None and field.default is not None:
+            raise ConfigError(f"Expected {field.name} {field.describe_range()}. Received: None")
+        field.check(value)
+    method_options(config, method)
+
+
+def method_options(config: TrainConfig, method: Method | None = None) -> dict[str, Any]:
+    """The method's resolved options for ``config`` (``zoo.build``'s ``method_options``):
+    the TrainConfig fields the method declares, defaults where not given.
+
+    Raises:
+        ConfigError: an option given that the method does not declare (naming both), a
+            value out of range, or one the method refuses for this run.
+    """
+    method = method or methods.get(config.method)
+    declared = {o.name for o in method.options}
+    for name in method_option_fields():
+        if name not in declared and _given(config, name):
+            who = methods.declaring(name)
+            who_text = repr(who[0]) if len(who) == 1 else " or ".join(who)
+            raise ConfigError(
+                f"Expected {name} only with method {who_text}. Received: "
+                f"{name}={getattr(config, name)!r} with method {config.method!r}"
             )
-        ft = config.finetune_epochs
-        if isinstance(ft, bool) or not isinstance(ft, int) or not 0 <= ft < config.epochs:
-            raise ValueError(
-                f"Expected finetune_epochs an integer in 0..epochs-1 = {config.epochs - 1} "
-                f"(step 1 needs an epoch). Received: finetune_epochs={ft!r}"
-            )
-    if config.bits is not None:
-        if config.method not in BITS_METHODS:
-            raise ValueError(
-                f"Expected bits only with method {' or '.join(BITS_METHODS)}. Received: "
-                f"bits={config.bits!r} with method {config.method!r}"
-            )
-        b = config.bits
-        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
-            raise ValueError(f"Expected bits an integer in 1..8. Received: bits={b!r}")
-    if config.learn_bits and config.method != "cpq":
-        raise ValueError(
-            f"Expected learn_bits only with method 'cpq'. Received: method {config.method!r}"
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    missing = sorted(declared - fields)
+    if missing:
+        raise ConfigError(
+            f"Expected method {method.name!r}'s options among tfquant train's settings "
+            f"{sorted(fields)}. Received: options {missing}"
         )
-    if config.dropbits not in DROPBITS:
-        raise ValueError(f"Expected dropbits in {DROPBITS}. Received: {config.dropbits!r}")
-    if config.dropbits != "A" and config.method != "cpq":
-        raise ValueError(
-            f"Expected dropbits only with method 'cpq'. Received: method {config.method!r}"
-        )
-    if config.learn_bits and config.dropbits == "none":
-        raise ValueError(
-            "Expected a DropBits scheme (A or B) with learn_bits: the gates act on its levels. "
-            "Received: dropbits='none'"
-        )
-    if config.limit is not None and (
-        isinstance(config.limit, bool) or not isinstance(config.limit, int) or config.limit < 8
-    ):
-        raise ValueError(
-            f"Expected limit an integer >= 8 samples. Received: limit={config.limit!r}"
-        )
-    if config.learning_rate is not None and not (
-        isinstance(config.learning_rate, (int, float))
-        and math.isfinite(config.learning_rate)
-        and config.learning_rate > 0
-    ):
-        raise ValueError(
-            f"Expected learning_rate a finite number > 0. Received: {config.learning_rate!r}"
-        )
-    if (
-        isinstance(config.seed, bool)
-        or not isinstance(config.seed, int)
-        or not (0 <= config.seed < 2**32)
-    ):
-        raise ValueError(f"Expected seed an integer in 0..2**32-1. Received: seed={config.seed!r}")
-    _check_out(config)
+    options = method.resolve({name: getattr(config, name) for name in declared})
+    method.check(options, config.epochs)
+    return options
 
 
 def _check_out(config: TrainConfig) -> _files.Outputs | None:
@@ -164,9 +173,9 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
     artifacts there need ``overwrite``. Returns the checked outputs when ``out`` exists."""
     out = pathlib.Path(config.out)
     if not str(config.out):
-        raise ValueError("Expected --out a directory path. Received: an empty string")
+        raise ConfigError("Expected --out a directory path. Received: an empty string")
     if out.exists() and not out.is_dir():
-        raise ValueError(
+        raise ConfigError(
             f"Expected --out to be a directory. Received: {str(out)!r}, "
             f"{_files.describe(out.stat().st_mode)}"
         )
@@ -175,18 +184,18 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
         while not ancestor.exists():
             ancestor = ancestor.parent
         if not ancestor.is_dir():
-            raise ValueError(
+            raise ConfigError(
                 f"Cannot create --out {str(out)!r}: {str(ancestor)!r} is not a directory"
             )
         try:
             _files._probe(str(ancestor))
         except OSError as e:
-            raise ValueError(
+            raise ConfigError(
                 f"Cannot create --out {str(out)!r}: cannot create files in {str(ancestor)!r} "
                 f"({e.strerror or e})"
             ) from None
         if config.resume:
-            raise ValueError(
+            raise ConfigError(
                 f"Expected --resume with the checkpoints of a run in {out / CHECKPOINTS}. "
                 f"Received: {str(out)!r} does not exist"
             )
@@ -194,7 +203,7 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
     state = _check_checkpoints(config, out)
     previous = [name for name in ARTIFACTS if os.path.lexists(out / name)]
     if previous and not config.overwrite and not (config.resume and state["config"]["overwrite"]):
-        raise ValueError(
+        raise ConfigError(
             f"{out} holds a previous run ({', '.join(previous)}). Choose another --out, or "
             "pass --overwrite to replace that set of files (other files there are left alone)."
         )
@@ -204,7 +213,7 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
         for name in ARTIFACTS:
             outputs.add(out / name, name)
     except _files.FileError as e:
-        raise ValueError(str(e)) from None
+        raise ConfigError(str(e)) from None
     return outputs
 
 
@@ -214,12 +223,12 @@ def _check_checkpoints(config: TrainConfig, out: pathlib.Path) -> dict | None:
     ``--resume`` or ``--overwrite`` where an unfinished run left checkpoints."""
     state = checkpoint_state(out)
     if config.resume and state is None:
-        raise ValueError(
+        raise ConfigError(
             f"Expected --resume with the checkpoints of a run in {out / CHECKPOINTS}. "
             "Received: none there"
         )
     if state is not None and not state.get("finished") and not (config.resume or config.overwrite):
-        raise ValueError(
+        raise ConfigError(
             f"{out} holds the checkpoints of a run stopped after epoch {state['epoch']} of "
             f"{state['config']['epochs']}. Pass --resume to continue it, --overwrite to start "
             "over (its checkpoints are replaced), or choose another --out."
@@ -246,9 +255,9 @@ def checkpoint_state(out: str | os.PathLike) -> dict | None:
         state["epoch"], state["config"]["epochs"]  # noqa: B018 (the keys exist)
         weights = directory / state["weights"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"Cannot read the checkpoint state {path}: {e}") from None
+        raise ConfigError(f"Cannot read the checkpoint state {path}: {e}") from None
     if not weights.exists():
-        raise ValueError(f"The checkpoint state {path} names {weights}, which is missing")
+        raise ConfigError(f"The checkpoint state {path} names {weights}, which is missing")
     return state
 
 
@@ -259,13 +268,13 @@ def _check_resumable(config: TrainConfig, state: dict) -> None:
         k for k in current if k not in _RESUME_FREE and saved.get(k, current[k]) != current[k]
     )
     if changed:
-        raise ValueError(
+        raise ConfigError(
             "Expected --resume with the configuration of the checkpointed run (a resumed run "
             "must train what it would have trained). Received changes: "
             + ", ".join(f"{k}={current[k]!r} (was {saved.get(k)!r})" for k in changed)
         )
     if state.get("finished"):
-        raise ValueError(
+        raise ConfigError(
             f"The checkpointed run in {config.out} finished its {config.epochs} epochs; "
             "nothing to resume. Received: --resume"
         )
@@ -279,7 +288,11 @@ class _Checkpoints(keras.callbacks.Callback):
     (``enabled``); the other workers save the same variables into a temporary directory
     they delete, since reading distributed variables can take collective ops that every
     worker must join (TensorFlow's multi-worker guide), and read the chief's checkpoints on
-    resume, as TensorFlow's own BackupAndRestore does (a shared file system)."""
+    resume, as TensorFlow's own BackupAndRestore does (a shared file system).
+
+    It is the :class:`tfquant.methods.Checkpoints` a method fits through: ``initial_epoch``
+    and ``method_state`` (the method's own JSON state, saved under the method's name) come
+    from the checkpoint ``start`` (``{}`` for a new run), ``restore`` loads its variables."""
 
     def __init__(self, directory: pathlib.Path, config: TrainConfig, enabled: bool, start: dict):
         super().__init__()
@@ -287,7 +300,13 @@ class _Checkpoints(keras.callbacks.Callback):
         self.history = {k: list(v) for k, v in start.get("history", {}).items()}
         self.seconds = float(start.get("train_seconds", 0.0))
         self._start = time.perf_counter()
-        self.extra: dict = {}  # more state (TSQ: its step)
+        self._state = start
+        self.initial_epoch: int = int(start.get("epoch", 0))
+        self.method_state: dict | None = start.get(config.method)
+
+    def restore(self, model: keras.Model) -> None:
+        """Load the checkpoint this run resumes from into ``model`` (see :func:`_restore`)."""
+        _restore(model, self.directory, self._state)
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
@@ -311,7 +330,7 @@ class _Checkpoints(keras.callbacks.Callback):
             "config": dataclasses.asdict(self.config),
             "history": self.history,
             "train_seconds": self.seconds + time.perf_counter() - self._start,
-            **self.extra,
+            **({} if self.method_state is None else {self.config.method: self.method_state}),
         }
         _write_state(self.directory, state)
         if previous is not None and previous["weights"] != name:
@@ -344,52 +363,12 @@ def _restore(model: keras.Model, directory: pathlib.Path, state: dict) -> None:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     variables = _random_states(model)
     if len(values) != len(variables):
-        raise ValueError(
+        raise ConfigError(
             f"Expected {len(variables)} random-generator states in {state['random']}. "
             f"Received: {len(values)}"
         )
     for variable, value in zip(variables, values):
         variable.assign(value)
-
-
-def _method(config: TrainConfig, model: keras.Model) -> tuple[Any, list]:
-    """(optimizer, callbacks) of the training method, for a model built for it."""
-    lr = config.learning_rate
-    if config.method in ("md-tanh-s", "md-softmax-s"):
-        from tfquant.callbacks import BetaAnnealing
-        from tfquant.optimizers import MirrorDescent
-
-        mirror_map = "tanh" if config.method == "md-tanh-s" else "softmax"
-        return MirrorDescent(learning_rate=lr or 1e-2, mirror_map=mirror_map), [BetaAnnealing()]
-    if config.method == "binary-relax":
-        from tfquant.methods import binary_relax
-
-        # lambda from 1 to 100 over the relaxed epochs, then phase two (exact Q, lr x0.1) in
-        # the last epoch: the setting of benchmarks/binary_relax.py.
-        epochs = config.epochs
-        callbacks = binary_relax.apply(
-            model,
-            lambda_init=1.0,
-            growth=100.0 ** (1.0 / max(epochs - 1, 1)),
-            phase_two_epoch=epochs - 1 if epochs > 1 else None,
-            lr_multiplier=0.1 if epochs > 1 else None,
-            epochs=epochs,
-        )
-        return keras.optimizers.Adam(lr or 1e-3), callbacks
-    return keras.optimizers.Adam(lr or 1e-3), []
-
-
-def method_options(config: TrainConfig) -> dict[str, Any]:
-    """``zoo.build``'s ``method_options`` for ``config`` (bits, DropBits, learned bits)."""
-    if config.method == "cpq":
-        return {
-            "bits": config.bits or BITS_METHODS["cpq"],
-            "dropbits": None if config.dropbits == "none" else config.dropbits,
-            "learn_bits": config.learn_bits,
-        }
-    if config.method == "dorefa":
-        return {"bits": config.bits or BITS_METHODS["dorefa"]}
-    return {}
 
 
 def layer_bits(model: keras.Model) -> list[dict[str, Any]]:
@@ -407,14 +386,6 @@ def layer_bits(model: keras.Model) -> list[dict[str, Any]]:
                 row[f"{role}_alpha"] = q.alpha_value
         rows.append(row)
     return rows
-
-
-def tsq_finetune_epochs(config: TrainConfig) -> int:
-    """Epochs of TSQ's step 3 for ``config``: ``finetune_epochs``, or by default a third of
-    the epochs (at least 1 when there are 2 or more; step 1 gets the rest)."""
-    if config.finetune_epochs is not None:
-        return config.finetune_epochs
-    return max(1, config.epochs // 3) if config.epochs >= 2 else 0
 
 
 def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -478,23 +449,9 @@ def _markdown(report: dict, summary_table: str, conversion_text: str) -> str:
         lines.append(
             f"| latency, LCE interpreter on this x86 CPU, 1 thread | {lat['median_ms']:.3f} ms |"
         )
-    if r.get("tsq"):
-        t = r["tsq"]
-        lines += [
-            "",
-            f"## TSQ: step 1 {t['code_epochs']} epoch(s), step 2 {t['step2_seconds']:.0f} s, "
-            f"step 3 {t['finetune_epochs']} epoch(s)",
-            "",
-            "Step 2's relative response reconstruction error per layer, from the optimal "
-            "ternary approximation of the float kernel (before) to the solved kernel (after):",
-            "",
-            "| layer | rows | error before | error after |",
-            "|---|---|---|---|",
-            *(
-                f"| {x['name']} | {x['rows']} | {x['error_before']:.4f} | {x['error_after']:.4f} |"
-                for x in t["layers"]
-            ),
-        ]
+    method = r["config"]["method"]
+    if r.get(method):
+        lines += methods.get(method).report_markdown(r[method])
     if r.get("layer_bits"):
         lines += [
             "",
@@ -633,12 +590,12 @@ def _load(config: TrainConfig, say) -> _Data:
             steps = min(steps, math.ceil(config.limit / config.batch_size))
         first = folder.train.take(steps)
         # Evaluation, BatchNorm re-estimation and calibration read arrays: the held-out
-        # split, and 20 training batches (TSQ's stages read all training data as arrays).
+        # split, and 20 training batches (or all of it, for a method that reads the arrays).
         xte, yte = datasets.to_numpy(
             folder.validation, max(config.limit // 4, 8) if config.limit else None
         )
-        tsq = config.method == "tsq"
-        x, y = datasets.to_numpy(first, None if tsq else 20 * config.batch_size)
+        whole = methods.get(config.method).reads_arrays  # its fit reads the arrays
+        x, y = datasets.to_numpy(first, None if whole else 20 * config.batch_size)
         input_shape, classes = folder.input_shape, len(folder.class_names)
         say(
             f"{folder.train_size} training and {folder.validation_size} held-out images, "
@@ -652,9 +609,9 @@ def _load(config: TrainConfig, say) -> _Data:
             input_shape=input_shape,
             classes=classes,
             described=config.data_dir,
-            # TSQ trains on the arrays its step 2 reads (without further augmentation)
+            # such a method trains on the arrays it reads (without further augmentation)
             batches=_array_batches(x, y, config)
-            if tsq
+            if whole
             else lambda epochs, initial: (folder.train_epochs(epochs, initial, steps), steps),
             batch_size=config.batch_size,
         )
@@ -676,27 +633,36 @@ def _load(config: TrainConfig, say) -> _Data:
     )
 
 
-def _build(config: TrainConfig, data: _Data) -> tuple[keras.Model, Any, list]:
-    """The zoo model, compiled for the method (except TSQ, which compiles itself), and the
-    method's callbacks."""
+def _build(config: TrainConfig, data: _Data) -> tuple[keras.Model, list]:
+    """The zoo model built for the method, compiled with its optimizer (unless its fit
+    compiles the model itself), and the method's callbacks."""
+    method = methods.get(config.method)
+    options = method_options(config, method)
     model = zoo.build(
         config.model,
-        method=config.method,
-        method_options=method_options(config),
+        method=method,
+        method_options=options,
         input_shape=data.input_shape,
         classes=data.classes,
     )
-    if config.method == "tsq":
-        return model, None, []
-    optimizer, callbacks = _method(config, model)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model, optimizer, callbacks
+    if method.compiles_itself:
+        return model, []
+    lr = config.learning_rate or method.learning_rate
+    model.compile(
+        optimizer=method.optimizer(lr, options),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model, method.callbacks(model, config.epochs, options)
 
 
 def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbose=0):
     """Train (under the strategy, from the checkpoint when resuming); returns ``(model,
-    data, history, train_seconds, tsq_report)`` with ``model`` an undistributed copy."""
+    data, history, train_seconds, report)`` with ``model`` an undistributed copy and
+    ``report`` what the method adds to the report (or ``None``)."""
     say = say or (lambda m: None)
+    method = methods.get(config.method)
+    options = method_options(config, method)
     strategy = distribute.strategy(config.strategy)
     if strategy is not None:
         where = distribute.cluster()
@@ -711,12 +677,12 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
         return strategy.scope() if strategy is not None else _nullcontext()
 
     with scope():
-        model, optimizer, callbacks = _build(config, data)
+        model, callbacks = _build(config, data)
     if strategy is not None:
         distribute.prepare(model, strategy)
         keras.utils.set_random_seed(config.seed)
-        local, _, _ = _build(config, data)  # undistributed: validation, finalize, export
-        if config.method == "tsq":  # TSQ compiles the trained model itself
+        local, _ = _build(config, data)  # undistributed: validation, finalize, export
+        if method.compiles_itself:  # its fit compiles the trained model
             local.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     else:
         local = model
@@ -730,90 +696,43 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
         model=None if local is model else local,
     )
     state = checkpoint_state(out) if config.resume else None
-    initial_epoch = state["epoch"] if state is not None else 0
+    checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
     say(
         f"training {config.model} with {config.method} for {config.epochs} epoch(s) on "
-        f"{data.described}" + (f", resuming after epoch {initial_epoch}" if state else "")
+        f"{data.described}"
+        + (f", resuming after epoch {checkpoints.initial_epoch}" if state else "")
     )
+    described = method.describe(config.epochs, options)
+    if described:
+        say(described)
+    if state is not None and not method.compiles_itself:
+        with scope():
+            checkpoints.restore(model)
     start = time.perf_counter()
-    tsq_report = None
-    if config.method == "tsq":
-        from tfquant.methods import tsq
-
-        ft = tsq_finetune_epochs(config)
-        say(
-            f"TSQ: step 1 (codes, float kernels) {config.epochs - ft} epoch(s), step 2 "
-            f"(ternary kernels by response reconstruction), step 3 (fine-tuning) {ft} epoch(s)"
-        )
-        checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
-        # state["tsq"]["records"]: None until step 2 has run, then its layer records
-        checkpoints.extra = {"tsq": (state or {}).get("tsq", {"records": None, "seconds": 0.0})}
-        saved = checkpoints.extra["tsq"]["records"]
-
-        def on_step2(model, records, seconds):  # checkpoint the boundary of steps 2 and 3
-            checkpoints.extra = {
-                "tsq": {"records": [r.to_json() for r in records], "seconds": seconds}
-            }
-            checkpoints.save(model, config.epochs - ft, tag="-step2")
-
-        result = tsq.fit(
-            model,
-            data.x,
-            data.y,
-            code_epochs=config.epochs - ft,
-            finetune_epochs=ft,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate or 1e-3,
-            validation_data=(data.xte, data.yte),
-            callbacks=[hard_validation, checkpoints],
-            verbose=verbose,
-            seed=config.seed,
+    result = method.fit(
+        model,
+        FitContext(
+            x=data.x,
+            y=data.y,
             batches=data.batches,
-            initial_epoch=initial_epoch,
-            step2_records=None if saved is None else [tsq.LayerRecord.from_json(r) for r in saved],
-            restore=lambda m: _restore(m, out / CHECKPOINTS, state),
-            on_step2=on_step2,
+            validation_data=(data.xte, data.yte),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate or method.learning_rate,
+            seed=config.seed,
+            verbose=verbose,
+            options=options,
+            callbacks=[*callbacks, hard_validation, checkpoints],
+            checkpoints=checkpoints,
             strategy=strategy,
-        )
-        history = checkpoints.history
-        train_seconds = checkpoints.seconds + time.perf_counter() - start
-        tsq_report = {
-            "code_epochs": result.epochs[0],
-            "finetune_epochs": result.epochs[1],
-            "step2_seconds": checkpoints.extra["tsq"]["seconds"],
-            "layers": [
-                {
-                    "name": r.name,
-                    "rows": r.rows,
-                    "error_before": r.error_before,
-                    "error_after": r.error_after,
-                    "batchnorm_folded": r.folded,
-                }
-                for r in result.records
-            ],
-        }
-    else:
-        if state is not None:
-            with scope():
-                _restore(model, out / CHECKPOINTS, state)
-        checkpoints = _Checkpoints(out / CHECKPOINTS, config, chief, state or {})
-        if initial_epoch < config.epochs:  # (a run stopped after its last epoch finalizes)
-            dataset, steps = data.batches(config.epochs, initial_epoch)
-            model.fit(
-                dataset,
-                epochs=config.epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=steps,
-                validation_data=(data.xte, data.yte),
-                callbacks=[*callbacks, hard_validation, checkpoints],
-                verbose=verbose,
-                shuffle=False,  # the batches are shuffled per (seed, epoch) already
-            )
-        history = checkpoints.history
-        train_seconds = checkpoints.seconds + time.perf_counter() - start
+            say=say,
+        ),
+    )
+    history = checkpoints.history
+    train_seconds = checkpoints.seconds + time.perf_counter() - start
     if local is not model:
         distribute.copy_state(model, local)
-    return local, data, history, train_seconds, tsq_report
+    return local, data, history, train_seconds, method.report(result)
 
 
 def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dict:
@@ -822,11 +741,12 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
 
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     say = (lambda m: print(f"[tfquant train] {m}", flush=True)) if verbose else (lambda m: None)
-    model, data, history, train_seconds, tsq_report = _train(config, out, True, say, verbose)
+    method = methods.get(config.method)
+    model, data, history, train_seconds, method_report = _train(config, out, True, say, verbose)
     xtr, xte, yte, bn_data = data.x, data.xte, data.yte, data.bn_data
 
     say("finalizing: exact quantized kernels, BatchNorm re-estimated on 20 training batches")
-    finalize(model, bn_data, batch_size=config.batch_size)
+    method.finalize(model, bn_data, batch_size=config.batch_size)
     test_pred = model.predict(xte, batch_size=512, verbose=0)
     model_summary = summary(model, print_fn=None)
     save_deployable(model, stage("model.keras"))  # the checkpoints keep the training state
@@ -868,8 +788,8 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
                 "conversion": conversion.as_dict(),
             }
         )
-    if tsq_report is not None:
-        report["tsq"] = tsq_report
+    if method_report is not None:
+        report[method.name] = method_report
     report["layer_bits"] = layer_bits(model)
     report["curves_png"] = _plot(history, stage("curves.png"))
     if not report["curves_png"]:

@@ -7,8 +7,9 @@ QuickNet-small). Each takes ``input_shape``, ``classes``, ``input_quantizer``,
 ``kernel_quantizer`` (set by :func:`build`'s ``method``) and, for the papers' networks, a
 ``width`` multiplier of every hidden width (rounded to a multiple of 32) for quick runs.
 
-Every binary convolution follows shared/LCE.md: sign inputs and kernels, ``padding="same"``
-with ``pad_values=1.0``, input channels a multiple of 32, BatchNorm after the convolution.
+Every binary convolution takes the form LCE's converter fuses into its binary convolution:
+sign inputs and kernels, ``padding="same"`` with ``pad_values=1.0``, input channels a
+multiple of 32, BatchNorm after the convolution.
 The first layer stays float (8-bit on device is a converter option) and the classifier is
 a float Dense on globally pooled features. BatchNorm is synchronized: under a
 ``tf.distribute`` strategy each replica then normalises with the global batch's moments, so
@@ -27,13 +28,12 @@ authors did.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from tfquant import quantizers
+from tfquant import methods, quantizers
 from tfquant._keras import keras
 from tfquant.layers import QuantConv2D, QuantDense
 
@@ -52,69 +52,37 @@ __all__ = [
 ]
 
 
-def _tsq_quantizers():
-    return (
-        quantizers.SparseQuantizer(2, *quantizers.sparse_fixed_point(2)),
-        quantizers.SteTernary(method="optimal"),
-    )
+class _MethodQuantizers(Mapping):
+    """Method name -> ``(**options) -> (input quantizer, kernel quantizer)`` of the hidden
+    layers: a read-only view of the method registry (:mod:`tfquant.methods`)."""
 
+    def __getitem__(self, name: str) -> Callable[..., tuple[Any, Any]]:
+        method = methods.get(name)
+        return lambda **options: method.quantizers("hidden", **options)
 
-def _cpq_quantizers(bits: int = 3, dropbits: str | None = "A", learn_bits: bool = False):
-    # CPQ (CPQ.md): unsigned codes for the (BN output) inputs, signed codes for the kernels,
-    # each grid's step set from its first training batch (alpha=None). DropBits and the
-    # learned bit-widths act on the weights only (CPQ.md 4, 5: SECONDARY).
-    return (
-        quantizers.CPQQuantizer(bits, signed=False, alpha=None, dropbits=None),
-        quantizers.CPQQuantizer(
-            bits, signed=True, alpha=None, dropbits=dropbits, learn_bits=learn_bits
-        ),
-    )
+    def __iter__(self):
+        return iter(methods.names())
 
-
-def _dorefa_quantizers(bits: int = 2):
-    return (
-        quantizers.UniformQuantizer(bits, mode="activation"),
-        quantizers.UniformQuantizer(bits, mode="weight"),
-    )
+    def __len__(self) -> int:
+        return len(methods.names())
 
 
 # method -> (**options) -> (input quantizer, kernel quantizer) of the hidden convolutions
-METHOD_QUANTIZERS: dict[str, Callable[..., tuple[Any, Any]]] = {
-    "ste": lambda: ("ste_sign", "ste_sign"),
-    "md-tanh-s": lambda: ("ste_sign", "ste_sign"),
-    "md-softmax-s": lambda: ("ste_sign", "ste_sign"),
-    # BinaryRelax relaxes a scaled binary quantizer (the paper's)
-    "binary-relax": lambda: ("ste_sign", "scaled_sign"),
-    # TSQ: sparse 2-bit codes and per-channel ternary kernels by the exact least-squares
-    # approximation (TSQ.md 3.6). The threshold is the fixed point eps = d*(eps)/2 = 0.3254
-    # (step 0.6508), where int8 export is bit-exact; the released AlexNet's 0.32 lies 0.005
-    # below it and exports with a band (0.32, 0.3244] rounded the other way (TSQ.md 2.4, 8).
-    "tsq": _tsq_quantizers,
-    # CPQ with DropBits (options bits=3, dropbits="A" | "B" | None, learn_bits=False)
-    "cpq": _cpq_quantizers,
-    # DoReFa-Net's k-bit activations and weights with STE (option bits=2): CPQ's baseline
-    "dorefa": _dorefa_quantizers,
-    "float": lambda: (None, None),
-}
+METHOD_QUANTIZERS: Mapping[str, Callable[..., tuple[Any, Any]]] = _MethodQuantizers()
 
 
 def quantizers_for(
-    method: str, **options: Any
+    method: str | methods.Method, **options: Any
 ) -> tuple[quantizers.Quantizer | None, quantizers.Quantizer | None]:
     """Fresh ``(input_quantizer, kernel_quantizer)`` of the hidden convolutions for a training
-    method (see :data:`METHOD_QUANTIZERS`); ``(None, None)`` for ``"float"``. ``options`` go
-    to the method's factory: ``bits`` for ``"cpq"`` and ``"dorefa"``, ``dropbits`` and
-    ``learn_bits`` for ``"cpq"``."""
-    if method not in METHOD_QUANTIZERS:
-        raise ValueError(f"Unknown method {method!r}. Expected one of {sorted(METHOD_QUANTIZERS)}.")
-    factory = METHOD_QUANTIZERS[method]
-    accepted = inspect.signature(factory).parameters
-    if set(options) - set(accepted):
-        raise ValueError(
-            f"Expected options of method {method!r} among {sorted(accepted) or 'none'}. "
-            f"Received: {sorted(options)}"
-        )
-    inp, kernel = factory(**options)
+    method (a registered name or a :class:`tfquant.methods.Method`); ``(None, None)`` for a
+    float method. ``options`` are the method's declared options (``bits``, ...).
+
+    Raises:
+        ValueError: an unknown method, or an option it does not declare.
+    """
+    m = methods.get(method)
+    inp, kernel = m.quantizers("hidden", **m.resolve(options))
     return quantizers.get(inp), quantizers.get(kernel)
 
 
@@ -302,13 +270,13 @@ def resnet18(
     in larq-zoo and LCE's deployed networks (at ImageNet size: 6% of the parameters and 8%
     of the MACs, but two thirds of the bit-packed size). The MD authors' code differs there:
     it quantizes the weights of every layer, first and last included, and keeps float ReLU
-    activations (MIRROR_DESCENT.md); quantize those two layers yourself to match it. The
+    activations (their released code); quantize those two layers yourself to match it. The
     Bi-Real layout has no ReLU in the stem or before pooling for sign inputs; under non-sign
     methods each hidden conv reads a ReLU (:func:`_qconv`) and so does the head.
 
     Stems: ``"cifar"``, a 3x3 stride-1 float conv + BN without max pooling (the usual
-    CIFAR ResNet-18 of kuangliu/pytorch-cifar; MIRROR_DESCENT.md does not state the MD
-    authors' stem); ``"imagenet"``, a 7x7 stride-2 float
+    CIFAR ResNet-18 of kuangliu/pytorch-cifar; the MD paper does not state its
+    stem); ``"imagenet"``, a 7x7 stride-2 float
     conv + BN + 3x3 stride-2 max pooling; ``"auto"`` takes ``"cifar"`` for inputs under
     64 px and ``"imagenet"`` otherwise. With the ImageNet stem and 1000 classes the network
     has exactly torchvision's ResNet-18 trainable parameters (11,689,512) and larq-zoo's
@@ -373,7 +341,7 @@ def _plain_net(
     fc: int,
 ) -> keras.Model:
     """conv -> BN (-> max pool) stages, the first conv float, then Flatten -> quantized FC ->
-    BN -> float softmax classifier (RQ's "conv -> BN -> quantize", CPQ.md 6)."""
+    BN -> float softmax classifier (RQ's "conv -> BN -> quantize")."""
     inputs = keras.Input(input_shape)
     x = inputs
     n = 0
@@ -422,11 +390,12 @@ def vgg7(
 ) -> keras.Model:
     """VGG-7 of RQ and CPQ (CIFAR-10): 2x(128C3)-MP2-2x(256C3)-MP2-2x(512C3)-MP2-1024FC-Softmax.
 
-    Layout from CPQ.md 6 (VERIFIED for Relaxed Quantization, Louizos et al. 2019; CPQ's reuse
-    INFERRED), "conv -> BN -> quantize", no biases before BN. The hidden FC (1024) is a
+    Layout of Relaxed Quantization (Louizos et al. 2019), which CPQ's experiments reuse
+    (``docs/methods.md#cpq-and-dropbits``), "conv -> BN -> quantize", no biases before BN.
+    The hidden FC (1024) is a
     ``QuantDense`` with the method's quantizers (binary: ``LceBconv2d`` through the
     converter's rewrite). tfquant keeps the first conv and the classifier float, as
-    everywhere in the zoo; RQ/CPQ quantize those too (their "all layers" setting, CPQ.md 6),
+    everywhere in the zoo; RQ/CPQ quantize those too (their "all layers" setting),
     which a user can reproduce with their own quantized first layer. Convs are 3x3 "same"
     (binary: padded with ones, LCE's fast path). ``width`` scales the conv and FC widths.
 
@@ -458,7 +427,7 @@ def lenet5(
 ) -> keras.Model:
     """LeNet-5-Caffe of RQ and CPQ for MNIST: 32C5-MP2-64C5-MP2-512FC-Softmax.
 
-    Layout from CPQ.md 6 (VERIFIED for RQ; CPQ's reuse INFERRED), BN after each conv and the
+    Layout of Relaxed Quantization, which CPQ's experiments reuse, BN after each conv and the
     FC (RQ's "conv -> BN -> quantize"; the BN is tfquant's choice for the binary and k-bit
     forms, RQ's LeNet table does not state it). 5x5 convs with VALID padding as in Caffe's
     LeNet (28 -> 24 -> 12 -> 8 -> 4); VALID needs no pad value, so the binary conv is on
@@ -497,7 +466,7 @@ def alexnet_bn(
     input_quantizer="ste_sign",
     width: float = 1.0,
 ) -> keras.Model:
-    """AlexNet-BN as TSQ released it (Wang et al., CVPR 2018; TSQ.md 2.5, read from the
+    """AlexNet-BN as TSQ released it (Wang et al., CVPR 2018; read from the
     first author's ``test_2_ternary.prototxt``).
 
     ``conv1(96, 11x11/4) -> BN -> maxpool -> Q``, ``conv2(256, 5x5, pad 2) -> BN -> maxpool
@@ -507,7 +476,8 @@ def alexnet_bn(
     ``BatchNorm`` without a ``Scale`` layer (so BN here is not affine: ``center=False,
     scale=False``), input 227x227. Q is the method's input quantizer of the next layer
     (pooling before Q, as TSQ). conv1 and fc8 stay float (TSQ's image input and fc8's input
-    are float; whether their weights were ternary is UNKNOWN, TSQ.md 2.5); conv2-5, fc6 and
+    are float; whether their weights were ternary is not
+    stated, ``docs/methods.md#tsq``); conv2-5, fc6 and
     fc7 take the method's quantizers. ``width`` scales conv and fc widths.
 
     Raises:
@@ -574,7 +544,7 @@ def quicknet_small(
     residual blocks with 32, 64, 256, 512 filters. Stem (float): 3x3/2 conv to filters/4,
     BN, ReLU, 3x3/2 depthwise conv, BN without scale and centre, 1x1 conv, BN. Residual
     block: ``x + BN(relu(qconv3x3(x)))``, the conv with ``activation="relu"`` before BN (the
-    order in which LCE fuses the ReLU, LCE.md). Transition where the width changes (float):
+    order in which LCE fuses the ReLU). Transition where the width changes (float):
     ReLU, 2x2 stride-1 max pool, a frozen 3x3/2 blur-pool depthwise conv
     (``[1,2,1]x[1,2,1]/16``), 1x1 conv, BN. Head: ReLU, global pooling, float Dense,
     softmax. A transition opens each section after the first (larq-zoo: where the width
@@ -657,9 +627,10 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
 def build(
     name: str, method: str | None = None, method_options: dict | None = None, **kwargs
 ) -> keras.Model:
-    """Build a zoo model by name; ``method`` (a key of :data:`METHOD_QUANTIZERS`) chooses
-    its ``input_quantizer`` and ``kernel_quantizer`` (not to be passed with it), with
-    ``method_options`` (e.g. ``{"bits": 3}`` for ``"cpq"``).
+    """Build a zoo model by name; ``method`` (a registered method's name, see
+    :func:`tfquant.methods.names`, or a :class:`tfquant.methods.Method`) chooses its
+    ``input_quantizer`` and ``kernel_quantizer`` (not to be passed with it), with
+    ``method_options``, the method's declared options (e.g. ``{"bits": 3}`` for CPQ).
 
     >>> model = build("binary_cnn", method="tsq", input_shape=(8, 8, 1))
     >>> [type(q).__name__ for q in (model.get_layer("s0_conv0").input_quantizer,

@@ -1,29 +1,87 @@
-"""``tfquant train``: the subcommand over :func:`tfquant.train.run`."""
+"""``tfquant train``: the subcommand over :func:`tfquant.train.run`.
+
+Its flags are built from what they set: ``--method``'s choices and help from the method
+registry (:mod:`tfquant.methods`), the methods' option flags (``--bits``, ...) from their
+declared options, and the numeric settings' ranges from :data:`tfquant.train.FIELDS`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+
+
+def option_type(option):
+    """The argparse ``type`` of a declared :class:`tfquant.methods.Option`: its range, in
+    the parser's words (``"Expected an integer in 1..8. Received: '9'"``)."""
+    from tfquant.cli import int_in
+
+    if option.type is int:
+        return int_in(int(option.min), None if option.max is None else int(option.max))
+
+    def parse(text: str):
+        try:
+            value = option.type(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not option.allows(value):
+            raise argparse.ArgumentTypeError(
+                f"Expected {option.describe_range()}. Received: {text!r}"
+            )
+        return value
+
+    parse.__name__ = option.type.__name__
+    return parse
+
+
+def _add_option(p, option, default=None, help_text: str | None = None) -> None:
+    """A flag for a declared option: ``store_true`` for a bool, else typed by its range."""
+    text = option.help if help_text is None else help_text
+    if option.type is bool:
+        p.add_argument(option.flag, action="store_true", help=text)
+    elif option.choices is not None:
+        p.add_argument(option.flag, choices=option.choices, default=default, help=text)
+    else:
+        p.add_argument(option.flag, type=option_type(option), default=default, help=text)
+
+
+def _method_options_help() -> dict:
+    """Option name -> (its declaration, help naming the methods that declare it and their
+    defaults)."""
+    from tfquant import methods
+
+    found = {}
+    for name, declared in methods.options().items():
+        who = methods.declaring(name)
+        first = declared[0]
+        text = f"{', '.join(who)}: {first.help}"
+        if first.type is int and first.min is not None and first.max is not None:
+            text += f", {int(first.min)}..{int(first.max)}"
+        defaults = [o.default for o in declared]
+        if first.type is not bool and any(d is not None for d in defaults):
+            if len({repr(d) for d in defaults}) == 1:
+                text += f" (default {defaults[0]})"
+            else:
+                pairs = ", ".join(f"{d} for {m}" for d, m in zip(defaults, who))
+                text += f" (default: {pairs})"
+        found[name] = (first, text)
+    return found
 
 
 def register(subparsers) -> None:
-    from tfquant import datasets, zoo
-    from tfquant.cli import int_in, positive_float
-    from tfquant.train import METHODS, TrainConfig
+    from tfquant import datasets, methods, zoo
+    from tfquant.train import FIELDS, TrainConfig
 
     defaults = TrainConfig()
+    fields = {f.name: f for f in FIELDS}
     p = subparsers.add_parser(
         "train",
         help="train a zoo network on real data, finalize, save, convert and benchmark it",
         description=(
-            "Train a network from the zoo with a method (binary: ste, md-*, binary-relax; "
-            "ternary weights on 2-bit codes: tsq; k-bit weights and activations: cpq (with "
-            "DropBits and, with --learn-bits, learned per-layer widths), dorefa; float: the "
-            "reference) on an offline "
-            "dataset, finalize it, save "
-            "model.keras, convert it through LCE to model.tflite, benchmark it and write "
-            "report.json, report.md and curves.png to --out."
+            "Train a network from the zoo with a method (see --method) on an offline "
+            "dataset, finalize it, save model.keras, convert it through LCE to "
+            "model.tflite, benchmark it and write report.json, report.md and curves.png "
+            "to --out."
         ),
     )
     p.add_argument(
@@ -39,40 +97,18 @@ def register(subparsers) -> None:
         help=f"default {defaults.model}",
     )
     p.add_argument(
-        "--method", default=defaults.method, choices=METHODS, help=f"default {defaults.method}"
+        "--method",
+        default=defaults.method,
+        choices=methods.names(),
+        help="; ".join(f"{m}: {methods.get(m).summary}" for m in methods.names())
+        + f" (default {defaults.method})",
     )
-    p.add_argument("--epochs", type=int_in(1, 10_000), default=defaults.epochs)
-    p.add_argument("--batch-size", type=int_in(1, 65_536), default=defaults.batch_size)
-    p.add_argument(
-        "--learning-rate", type=positive_float, default=None, help="default: the method's"
-    )
-    p.add_argument(
-        "--finetune-epochs",
-        type=int_in(0, 9_999),
-        default=None,
-        help="tsq only: epochs of step 3 (fine-tuning with ternary kernels) out of --epochs "
-        "(default: a third, at least 1)",
-    )
-    p.add_argument(
-        "--bits",
-        type=int_in(1, 8),
-        default=None,
-        help="cpq, dorefa: bits of the hidden layers' weights and activations, 1..8 "
-        "(default: 3 for cpq, 2 for dorefa)",
-    )
-    p.add_argument(
-        "--learn-bits",
-        action="store_true",
-        help="cpq: learn each layer's weight bit-width (hard-concrete gates on DropBits' "
-        "levels), starting at --bits; the report lists them",
-    )
-    p.add_argument(
-        "--dropbits",
-        choices=("A", "B", "none"),
-        default="A",
-        help="cpq: DropBits scheme, A (drop the grid's outer range, default), B (drop its "
-        "resolution) or none",
-    )
+    _add_option(p, fields["epochs"], defaults.epochs, f"default {defaults.epochs}")
+    _add_option(p, fields["batch_size"], defaults.batch_size, f"default {defaults.batch_size}")
+    _add_option(p, fields["learning_rate"], None, "default: the method's")
+    for name, (option, text) in _method_options_help().items():
+        default = getattr(defaults, name, None)
+        _add_option(p, option, default if option.choices is not None else None, text)
     p.add_argument(
         "--data-dir",
         metavar="DIR",
@@ -90,16 +126,14 @@ def register(subparsers) -> None:
         action="store_true",
         help="with --data-dir: random horizontal flips and shifts of up to 1/8 of the size",
     )
-    p.add_argument(
-        "--validation-split",
-        type=positive_float,
-        default=defaults.validation_split,
-        help=f"with --data-dir: held-out fraction, in (0, 1) (default {defaults.validation_split})",
+    _add_option(
+        p,
+        fields["validation_split"],
+        defaults.validation_split,
+        f"with --data-dir: held-out fraction, in (0, 1) (default {defaults.validation_split})",
     )
-    p.add_argument(
-        "--limit", type=int_in(8), default=None, help="train on the first N samples only (N >= 8)"
-    )
-    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=defaults.seed)
+    _add_option(p, fields["limit"], None, "train on the first N samples only (N >= 8)")
+    _add_option(p, fields["seed"], defaults.seed, f"default {defaults.seed}")
     p.add_argument("--out", default=defaults.out, help="output directory (default runs/train)")
     p.add_argument(
         "--overwrite", action="store_true", help="replace a previous run's artifacts in --out"
@@ -123,61 +157,34 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+# flags whose TrainConfig field is not the flag's own value
+_NOT_FIELDS = ("convert", "verbose")
+
+
 def config_from_args(args: argparse.Namespace):
-    """The :class:`tfquant.train.TrainConfig` that ``tfquant train`` runs for ``args``."""
+    """The :class:`tfquant.train.TrainConfig` that ``tfquant train`` runs for ``args``:
+    every field from the flag of its name, ``convert`` from ``--no-convert`` and
+    ``verbose`` from ``-q``."""
+    import dataclasses
+
     from tfquant.train import TrainConfig
 
-    return TrainConfig(
-        dataset=args.dataset,
-        model=args.model,
-        method=args.method,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        finetune_epochs=args.finetune_epochs,
-        bits=args.bits,
-        learn_bits=args.learn_bits,
-        dropbits=args.dropbits,
-        limit=args.limit,
-        data_dir=args.data_dir,
-        image_size=args.image_size,
-        augment=args.augment,
-        validation_split=args.validation_split,
-        seed=args.seed,
-        out=args.out,
-        overwrite=args.overwrite,
-        convert=not args.no_convert,
-        verbose=0 if args.quiet else None,
-        strategy=args.strategy,
-        resume=args.resume,
-    )
-
-
-def raised_by_tfquant(error: BaseException) -> bool:
-    """Whether ``error`` was raised in tfquant's own code (its innermost frame is in the
-    package): tfquant's errors say what was expected and received, and are the user's to
-    fix; a ValueError raised inside TensorFlow or Keras while training is not."""
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    package = os.path.dirname(os.path.abspath(__file__))
-    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in _NOT_FIELDS and hasattr(args, f.name)
+    }
+    return TrainConfig(**values, convert=not args.no_convert, verbose=0 if args.quiet else None)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tfquant.cli import UsageError
-    from tfquant.datasets import DatasetNotFoundError
     from tfquant.train import run
 
-    config = config_from_args(args)
-    try:
-        report = run(config)  # checks the config and --out first
-    except (ValueError, DatasetNotFoundError) as e:
-        if type(e).__module__.startswith("tfquant.converters") or not raised_by_tfquant(e):
-            raise  # a failure inside TensorFlow or Keras: a bug to report, with its traceback
-        raise UsageError(str(e)) from e
+    # run checks the config and --out first; its refusals are ConfigErrors (a missing
+    # dataset a DatasetNotFoundError): TfquantErrors, which the command line reports as bad
+    # input by their type. A ValueError from inside TensorFlow or Keras is a bug to report,
+    # with its traceback.
+    report = run(config_from_args(args))
     if "worker" in report:
         print(json.dumps({"worker": report["worker"], "artifacts": "written by the chief"}))
         return 0

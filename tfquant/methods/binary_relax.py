@@ -60,11 +60,13 @@ from typing import Any
 from tfquant import quantizers
 from tfquant._keras import check_keras3, keras, tf
 from tfquant.layers import KernelQuantization, attach_quantization, quantization_of
+from tfquant.methods.base import Method
 from tfquant.models import quantized_layers
 
 __all__ = [
     "RelaxedQuantizer",
     "BinaryRelaxSchedule",
+    "BinaryRelaxMethod",
     "apply",
     "relax",
     "relaxation_weight",
@@ -208,6 +210,11 @@ class RelaxedQuantizer(quantizers.Quantizer):
     @property
     def precision(self) -> int:  # type: ignore[override]
         return self.quantizer.precision
+
+    @property
+    def grid(self):  # type: ignore[override]
+        """The wrapped quantizer's grid: what :meth:`exact` (phase two, deployment) outputs."""
+        return self.quantizer.grid
 
     @property
     def levels(self):  # type: ignore[override]
@@ -506,3 +513,32 @@ def apply(
     # Functions traced before the swap would keep the old quantizers: re-trace at next use.
     model.train_function = model.test_function = model.predict_function = None
     return [schedule]
+
+
+# ----------------------------------------------------------------- the registry's method
+class BinaryRelaxMethod(Method):
+    """``binary-relax`` for ``tfquant train``: the layers are built with a
+    :class:`RelaxedQuantizer` over ``scaled_sign`` kernels (the paper's scaled binary set)
+    and sign inputs; :math:`\\lambda` grows from 1 to 100 over all epochs but the last, which
+    is phase two (exact :math:`Q`, learning rate x0.1), Adam. See
+    ``docs/methods.md#binaryrelax``."""
+
+    name = "binary-relax"
+    summary = "binary, relaxed quantization with continuation (BinaryRelax), then exact"
+
+    def quantizers(self, role: str = "hidden", **options: Any) -> tuple[Any, Any]:
+        if role != "hidden":
+            return super().quantizers(role)
+        return "ste_sign", RelaxedQuantizer("scaled_sign", lambda_init=1.0)
+
+    def callbacks(self, model: Any, epochs: int, options: dict) -> list:
+        two = epochs > 1
+        return [
+            BinaryRelaxSchedule(
+                1.0,
+                100.0 ** (1.0 / max(epochs - 1, 1)),
+                phase_two_epoch=epochs - 1 if two else None,
+                lr_multiplier=0.1 if two else None,
+                epochs=epochs,
+            )
+        ]
