@@ -50,10 +50,13 @@ _DESCRIPTION = (
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that are the user's to fix: TfquantError, and the converter's
-    errors while they are not yet TfquantErrors."""
-    from tfquant.converters import ConversionError
-
-    return (TfquantError, ConversionError)
+    ConversionError while it is not one yet (looked up only if the converter was imported:
+    otherwise none can have been raised)."""
+    converters = sys.modules.get("tfquant.converters")
+    conversion_error = getattr(converters, "ConversionError", None)
+    if isinstance(conversion_error, type) and not issubclass(conversion_error, TfquantError):
+        return (TfquantError, conversion_error)
+    return (TfquantError,)
 
 
 def build_parser() -> argparse.ArgumentParser:
