@@ -1,4 +1,5 @@
-"""TSQ building blocks: TSQ.md section 9 golden tests 1-6, validation, serialization."""
+"""TSQ building blocks: golden values of the quantizer and the step-2 solver, validation,
+serialization."""
 
 import itertools
 import math
@@ -13,7 +14,7 @@ from tfquant.layers import QuantConv2D
 from tfquant.methods import tsq
 
 D = 0.6487
-# TSQ.md 9.1: x, Q(x) in units of the step, STE mask
+# the sparse quantizer: x, Q(x) in units of the step, STE mask
 TABLE = [
     (-1.0, 0, 0),
     (0.0, 0, 0),
@@ -78,7 +79,8 @@ def test_optimal_step_reproduces_authors_constants():
 
 
 def test_optimal_step_grows_with_threshold():
-    # Over TSQ.md 2.3's range. (Past eps ~ 0.85 the rule's minimiser moves to steps with
+    # Over the range of eps the rule is meant for. (Past eps ~ 0.85 the rule's minimiser
+    # moves to steps with
     # 1.5 d close to eps, level d nearly unused, and d* falls; a property of the rule.)
     steps = [quantizers.optimal_step(eps) for eps in np.linspace(0.0, 0.8, 17)]
     assert np.all(np.diff(steps) > 0)

@@ -1,4 +1,4 @@
-"""TSQ step 2 on Keras models (tfquant.methods.tsq.learn_transformations): TSQ.md 9.7's
+"""TSQ step 2 on Keras models (tfquant.methods.tsq.learn_transformations): the
 exact recovery, the never-worse guarantee, im2col sampling, input validation."""
 
 import numpy as np

@@ -133,7 +133,7 @@ def test_full_size_parameter_counts_match_the_references():
     assert _trainable(cifar) == 11_173_962
     assert "stem_pool" not in [m.name for m in cifar.layers]
 
-    # VGG-7 (CPQ.md 6): weights 3*9*128 + 9*(128^2 + 128*256 + 256^2 + 256*512 + 512^2)
+    # VGG-7 (RQ and CPQ papers): weights 3*9*128 + 9*(128^2 + 128*256 + 256^2 + 256*512 + 512^2)
     # + 8192*1024 + 1024*10, no published parameter count; check the layout's arithmetic.
     vgg = zoo.build("vgg7", method="ste")
     convs = 3 * 9 * 128 + 9 * (128 * 128 + 128 * 256 + 256 * 256 + 256 * 512 + 512 * 512)

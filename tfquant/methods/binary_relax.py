@@ -24,7 +24,10 @@ quantizer and owns :math:`\lambda` as a non-trainable variable (a weight of the 
 it, so it is saved with the model and in checkpoints), and a callback,
 :class:`BinaryRelaxSchedule`, that sets :math:`\lambda` from the epoch index (so resuming
 from a checkpoint with ``initial_epoch`` continues the schedule) and switches to phase two.
-:func:`apply` does both for a model built with tfquant layers.
+``tfquant train --method binary-relax`` (:class:`BinaryRelaxMethod`) builds the layers with a
+:class:`RelaxedQuantizer` kernel quantizer directly and passes the schedule to ``fit``;
+:func:`apply` does both for a model already built with other kernel quantizers. Which of the
+method's settings are tfquant's choices: ``docs/methods.md#binaryrelax``.
 
 Example:
 

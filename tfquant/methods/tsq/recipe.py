@@ -187,6 +187,9 @@ def fit(
             f"initial_epoch={initial_epoch!r}, step2_records "
             f"{'given' if step2_records is not None else 'None'}"
         )
+    if checkpoints is not None and checkpoints.method_state is None:
+        # every checkpoint of the run carries the state: records None until step 2 ran
+        checkpoints.method_state = {"records": None, "seconds": 0.0}
     make = optimizer or (lambda lr: keras.optimizers.Adam(lr))
     ft_lr = learning_rate / 10.0 if finetune_learning_rate is None else finetune_learning_rate
     history: dict = {}
