@@ -274,17 +274,19 @@ def deployable(model: keras.Model) -> keras.Model:
     is for ``.h5`` only); a copy that was never compiled has none to save.
 
     Raises:
-        ValueError: a subclassed model (no graph of layers to copy).
+        ValueError: a model that does not rebuild from its config.
     """
     check_keras3(model)
     if not getattr(model, "compiled", False):
         return model
+    # from_config, not keras.models.clone_model: Keras 3's clone compiles the copy too.
     try:
-        copy = keras.models.clone_model(model)
-    except ValueError as e:
+        copy = type(model).from_config(model.get_config())
+    except (NotImplementedError, TypeError, ValueError) as e:
         raise ValueError(
-            f"Expected a Functional or Sequential model to copy without its optimizer. "
-            f"Received: {type(model).__name__} ({e})"
+            "Expected a model that rebuilds from its config (Functional, Sequential, or a "
+            f"subclass with get_config) to copy without its optimizer. Received: "
+            f"{type(model).__name__} ({e})"
         ) from None
     copy.set_weights(model.get_weights())
     return copy
