@@ -1,4 +1,4 @@
-"""The examples in the public docstrings run (STYLE.md 5)."""
+"""The examples in the public docstrings run."""
 
 import doctest
 
@@ -6,13 +6,14 @@ import pytest
 
 import tfquant
 from tfquant import callbacks, layers, quantizers
-from tfquant.methods import binary_relax, tsq
+from tfquant.methods import base, binary_relax
+from tfquant.methods.tsq import solver as tsq_solver
 from tfquant.optimizers import mirror_descent
 
 
 @pytest.mark.parametrize(
     "module",
-    [quantizers, layers, mirror_descent, callbacks, binary_relax, tsq],
+    [quantizers, layers, mirror_descent, callbacks, binary_relax, tsq_solver, base],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples_run(module):

@@ -182,7 +182,10 @@ class Method:
 
     >>> from tfquant.methods import Method
     >>> m = Method("my-ste", quantizers=("ste_sign", "ste_sign"), summary="STE, mine")
-    >>> [type(q).__name__ for q in m.quantizers()]
+    >>> m.quantizers()
+    ('ste_sign', 'ste_sign')
+    >>> from tfquant import zoo
+    >>> [type(q).__name__ for q in zoo.quantizers_for(m)]
     ['SteSign', 'SteSign']
     """
 
