@@ -316,13 +316,14 @@ def test_learned_bits_and_finalize():
     assert q.learned_bits() == 2
     assert q.finalize() == 2
     assert not q.learn_bits and not q.bit_gates.trainable
-    assert q.precision == 2 and q.levels == (-2.0, -1.0, 0.0, 1.0)
+    assert q.precision == 2 and q.grid.codes == (-2, -1, 0, 1) and q.grid.step == 0.25
+    assert q.levels == (-0.5, -0.25, 0.0, 0.25)  # values: codes times alpha
     x = np.random.default_rng(10).normal(0, 1, 300).astype(np.float32)
     np.testing.assert_array_equal(q(x).numpy(), np_clipped_round(x, 0.25, 2))
     # scheme B keeps the range and coarsens the step
     q = CPQQuantizer(bits=3, alpha=0.25, dropbits="B", learn_bits=True)
     q.bit_gates.assign([3.0, -3.0])
-    assert q.finalize() == 2 and q.levels == (-4.0, -2.0, 0.0, 2.0)
+    assert q.finalize() == 2 and q.levels == (-1.0, -0.5, 0.0, 0.5)  # codes -2..1 of step 2 alpha
     np.testing.assert_array_equal(q(x).numpy(), np_clipped_round(x, 0.5, 2))
     # the round trip keeps a finalized quantizer
     clone = quantizers.get(quantizers.serialize(q))

@@ -120,14 +120,12 @@ def _codes(conv):
     before, k = clip(ceil(w / alpha - 1/2)) on the learned-bits range."""
     q = conv.kernel_quantizer
     alpha = np.float32(q.alpha_value)
-    levels = np.asarray(q.levels)
-    step = levels[1] - levels[0]
+    grid = q.grid  # values u k, u = alpha step (step 2 where DropBits "B" dropped a bit)
+    step = round(grid.step / q.alpha_value)
     w = conv.kernel.numpy().astype(np.float32)
     if float(conv.kernel_gate.numpy()) == 0.0:  # finalized: the kernel is the value
         return np.round(w / alpha).astype(np.int64)
-    k = np.clip(
-        np.ceil(w / alpha / np.float32(step) - np.float32(0.5)), levels[0] / step, levels[-1] / step
-    )
+    k = np.clip(np.ceil(w / alpha / np.float32(step) - np.float32(0.5)), grid.k_min, grid.k_max)
     return (step * k).astype(np.int64)
 
 
@@ -141,8 +139,8 @@ def _check_weights(model, convs, flatbuffer, batchnorm=True):
     assert n_float == 1  # the stem only
     assert len(int8) == len(convs)
     for i, (conv, (q8, scales)) in enumerate(zip(convs, int8)):
-        levels = conv.kernel_quantizer.levels
-        step = int(levels[1] - levels[0])  # 2 where DropBits "B" dropped the lowest bit
+        q = conv.kernel_quantizer
+        step = round(q.grid.step / q.alpha_value)  # 2 where DropBits "B" dropped the lowest bit
         codes = _codes(conv) // step  # the grid's codes, step alpha * step
         assert len(np.unique(codes)) >= 3, "codes all (nearly) the same: a trivial kernel"
         f = _bn_factor(model.get_layer(f"bn{i}")) if batchnorm else np.ones(codes.shape[-1])
@@ -254,4 +252,4 @@ def test_ties_on_a_lattice_are_reported():
     _, report = convert_with_report(model, calibration_data=x, parity_inputs=x)
     assert [r.became for r in report.layers] == ["int8"] * 3
     assert not any(r.exact for r in report.layers)
-    assert "CPQ rounds such ties to the lower level" in " ".join(report.notes)
+    assert "quantizer rounds such ties to the lower level" in " ".join(report.notes)

@@ -17,7 +17,7 @@ def test_binary_convs_become_lce_bconv2d(kernel_quantizer, finalized, tmp_path):
     x = np.random.default_rng(0).normal(size=(4, 16, 16, 32)).astype(np.float32)
     if finalized:
         tfquant.finalize(model)
-    # The Keras 3 route (shared/LCE.md): model.export, then convert_saved_model.
+    # The Keras 3 route: model.export, then convert_saved_model.
     model.export(str(tmp_path / "saved"), verbose=False)
     flatbuffer = lce.convert_saved_model(str(tmp_path / "saved"))
     ops = op_counts(flatbuffer)

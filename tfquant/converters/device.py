@@ -36,6 +36,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from tfquant.errors import TfquantError
+
 __all__ = [
     "Device",
     "DeviceError",
@@ -49,7 +51,7 @@ __all__ = [
 SPEC_HELP = "local, ssh:[USER@]HOST[:PORT] or adb[:SERIAL]"
 
 
-class DeviceError(RuntimeError):
+class DeviceError(TfquantError, RuntimeError):
     """The device could not be reached or the benchmark failed on it."""
 
 

@@ -45,6 +45,8 @@ import struct
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as _schema
 
+from tfquant.errors import TfquantError
+
 __all__ = [
     "InvalidFlatbufferError",
     "FlatbufferSummary",
@@ -89,7 +91,7 @@ _BUILTIN_CODES = frozenset(
 _CUSTOM = _schema.BuiltinOperator.CUSTOM
 
 
-class InvalidFlatbufferError(ValueError):
+class InvalidFlatbufferError(TfquantError, ValueError):
     """The bytes are not a TFLite model an interpreter can safely load. The message starts
     with ``"not a valid TFLite model: "`` and says what was expected and what was found."""
 

@@ -74,7 +74,7 @@ class QuantizerMixin:
     The layer quantizes its input with ``input_quantizer`` and its kernel with
     ``kernel_quantizer`` in the forward pass. With ``padding="same"`` and
     ``pad_values=1.0`` the quantized input is padded with ones and convolved "valid"
-    (exactly SAME's amounts): LCE's fast bit-packed path (shared/LCE.md).
+    (exactly SAME's amounts): LCE's fast bit-packed path.
     """
 
     _kernel_attr = "kernel"

@@ -1,7 +1,7 @@
 """Pure straight-through-estimator (STE) functions.
 
 Every function here is stateless: a forward pass in a form Larq Compute Engine recognises
-(shared/LCE.md) and a surrogate gradient written with ``tf.custom_gradient``. The classes in
+(``LceQuantize`` for signs) and a surrogate gradient written with ``tf.custom_gradient``. The classes in
 ``tfquant.quantizers`` are thin serializable wrappers around these.
 """
 
@@ -198,7 +198,7 @@ def uniform_quantize(x: tf.Tensor, bits: int, mode: str = "activation") -> tf.Te
 
 def sparse_quantize(x: tf.Tensor, threshold: float, step: float, bits: int = 2) -> tf.Tensor:
     r"""Two-Step Quantization's sparse activation quantizer with a clipped straight-through
-    gradient (TSQ.md 2.1-2.2, VERIFIED from the authors' ``relu2b_layer``).
+    gradient (TSQ's sparse quantization, as in the authors' ``relu2b_layer``).
 
     With :math:`n = 2^b - 1`, threshold :math:`\epsilon` and step :math:`\delta`:
 

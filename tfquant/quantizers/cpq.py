@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from tfquant._keras import keras, tf
-from tfquant.quantizers import Quantizer
+from tfquant.quantizers.base import Grid, Quantizer
 
 __all__ = [
     "CPQQuantizer",
@@ -394,10 +394,12 @@ class CPQQuantizer(Quantizer):
     consecutive open test-time gates; :meth:`finalize` fixes it. Outside training (and
     when not learning) the test-time gates apply; they start open (``gate_init``).
 
-    ``precision`` is :meth:`learned_bits` (``bits`` unless gates closed); ``levels`` are the
-    integer codes of the active grid, ``scaled = True`` (output = level times the learned
-    :math:`\alpha`; after scheme ``"B"`` drops the levels are the coarser codes, e.g.
-    ``(-4, -2, 0, 2)``).
+    ``precision`` is :meth:`learned_bits` (``bits`` unless gates closed). ``grid`` is the
+    active grid: the codes of :func:`code_range` at the learned width, times the learned
+    step :math:`\alpha` (``learned``; after scheme ``"B"`` drops, the step is
+    :math:`2^{b - j}\alpha`: 3 bits dropped to 2 give codes ``(-2, -1, 0, 1)`` of step
+    :math:`2\alpha`, the values ``(-4, -2, 0, 2)`` :math:`\alpha`); ``levels`` are its
+    values, and ties round down.
 
     Args:
         bits: 1 to 8. Above 4 bits the backward sums over a local grid (``local_grid``).
@@ -453,8 +455,6 @@ class CPQQuantizer(Quantizer):
     >>> q.precision, q.levels, q.learned_bits()
     (2, (-2.0, -1.0, 0.0, 1.0), 2)
     """
-
-    scaled = True
 
     def __init__(
         self,
@@ -582,11 +582,17 @@ class CPQQuantizer(Quantizer):
         return self.learned_bits()
 
     @property
-    def levels(self) -> tuple[float, ...]:  # type: ignore[override]
+    def grid(self) -> Grid:
+        """Codes ``k_min..k_max`` of the learned width, step ``alpha`` (times
+        :math:`2^{b - j}` after scheme ``"B"`` dropped bits); ``k = ceil(x / u - 1/2)``
+        rounds ties down."""
         j = self.learned_bits()
         lo, hi = code_range(j, self.signed)
-        step = 2 ** (self.bits - j) if self.dropbits == "B" else 1
-        return tuple(float(step * k) for k in range(lo, hi + 1))
+        stride = 2 ** (self.bits - j) if self.dropbits == "B" else 1
+        return Grid(
+            step=self.alpha_value * stride, k_min=lo, k_max=hi, ties="down", learned=True
+        )
+
 
     @property
     def alpha_value(self) -> float:

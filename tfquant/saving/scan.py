@@ -5,7 +5,7 @@ A model file is data until a loader turns parts of it into code: Keras rebuilds 
 SavedModel, TensorFlow runs a SavedModel's graph, whose ops can read and write files or call
 back into Python. :func:`scan` reads the file as plain data (the ``.keras`` zip's
 ``config.json``, the HDF5 ``model_config`` attribute, the ``saved_model.pb`` protocol
-buffer) and lists each such place, so that :func:`tfquant.converters.load_model` and
+buffer) and lists each such place, so that :func:`tfquant.saving.load_model` and
 :func:`tfquant.converters.convert_with_report` refuse the file before Keras or TensorFlow
 touches it, unless the caller passes ``unsafe=True`` (``--unsafe``).
 
@@ -15,10 +15,14 @@ and a lookup layer's vocabulary file; it is bypassed process-wide by
 ``keras.config.enable_unsafe_deserialization()``, and it does not look at SavedModel
 graphs. This scan covers the same cases independently of that global, and the graphs.
 
+(Also importable as ``tfquant.converters.safety``, its former name.)
+May import: ``tfquant._files``, ``tfquant.saving.errors`` and the standard library (the
+SavedModel protocol buffers from TensorFlow, lazily, for a SavedModel only).
+
 Example:
 
->>> from tfquant.converters import safety
->>> findings = safety.scan("model.keras")                        # doctest: +SKIP
+>>> from tfquant.saving import scan
+>>> findings = scan.scan("model.keras")                        # doctest: +SKIP
 >>> print("; ".join(map(str, findings)))                         # doctest: +SKIP
 layer 'lambda' (Lambda): its function is a Python lambda (serialized bytecode)
 """
@@ -34,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tfquant._files import describe
-from tfquant.converters.lce import ConversionError
+from tfquant.saving.errors import ConversionError
 
 __all__ = [
     "UnsafeModelError",
