@@ -1,24 +1,25 @@
 r"""Cluster-Promoting Quantization (CPQ) with DropBits and learned bit-widths.
 
-The pure functions below carry the math (shared/CPQ.md, referenced as §n); the class
+The pure functions below carry the math (which choices are reconstructions, and why:
+docs/methods.md, "CPQ and DropBits"); the class
 :class:`CPQQuantizer` holds the learned grid step :math:`\alpha`, the logistic noise scale
 :math:`\sigma` and the hard-concrete bit gates, and is registered as ``"cpq"``.
 
-* **Grid** (§1, RQ): integer codes :math:`k \in [k_{min}, k_{max}]`, :math:`2^b` of them
+* **Grid** (RQ eq. 1): integer codes :math:`k \in [k_{min}, k_{max}]`, :math:`2^b` of them
   (signed :math:`\{-2^{b-1}, \dots, 2^{b-1}-1\}`, unsigned :math:`\{0, \dots, 2^b-1\}`), grid
   points :math:`g_k = \alpha k`, offset :math:`\beta = 0`.
-* **Categorical** (§1, RQ eqs. 2-4 with Algorithm 1's fuzz :math:`\epsilon`), with
+* **Categorical** (RQ eqs. 2-4 with Algorithm 1's fuzz :math:`\epsilon`), with
   :math:`c(e) = \operatorname{sigmoid}((e - x)/\sigma)`:
 
   \\[ \pi_k(x) = \frac{c(g_k + \alpha/2) - c(g_k - \alpha/2) + \epsilon}
       {c(g_{max} + \alpha/2) - c(g_{min} - \alpha/2) + K\epsilon} \\]
 
-* **Forward** (§2): the mode of :math:`\pi`, which is the nearest grid point (ties to the lower
+* **Forward**: the mode of :math:`\pi`, which is the nearest grid point (ties to the lower
   code), :math:`\hat x = \alpha\,\operatorname{clip}(\lceil x/\alpha - \tfrac12\rceil,
   k_{min}, k_{max})`. It is computed in this closed form, not by an argmax over
   :math:`\pi`: the two agree in exact arithmetic, but in float32 :math:`\pi` underflows to the
   uniform fuzz far outside the grid, where an argmax would pick :math:`k_{min}`.
-* **Backward** (§3): the multi-class STE, :math:`\partial y/\partial \pi = I`:
+* **Backward**: the multi-class STE, :math:`\partial y/\partial \pi = I`:
 
   \\[ \frac{\partial \hat x}{\partial x} = \sum_k g_k \frac{\partial \pi_k}{\partial x},\quad
       \frac{\partial \hat x}{\partial \alpha} = k^* + \sum_k g_k
@@ -26,7 +27,10 @@ The pure functions below carry the math (shared/CPQ.md, referenced as §n); the 
       \frac{\partial \hat x}{\partial \sigma} = \sum_k g_k
       \frac{\partial \pi_k}{\partial \sigma} \\]
 
-* **Bit levels** (§4): codes are grouped into levels (rings) :math:`j = 1..b` so that keeping
+  computed in closed form: :math:`\sum_k k\pi_k` telescopes into logistic densities at the
+  cell boundaries (:func:`_ste_backward`), so the backward costs a few elementwise passes
+  over the boundaries and keeps no per-code tensor.
+* **Bit levels** (DropBits): codes are grouped into levels (rings) :math:`j = 1..b` so that keeping
   levels :math:`1..j` leaves a valid :math:`j`-bit grid. Scheme ``"A"`` drops range (most
   significant bits), scheme ``"B"`` drops resolution (least significant bits). A level weight
   :math:`w_j \ge 0` (nested, :math:`w_1 = 1`) multiplies the probabilities of level
@@ -67,7 +71,7 @@ __all__ = [
 
 SCHEMES = ("A", "B")
 BIT_COSTS = ("bits", "elements")
-#: The hard-concrete constants (beta, gamma, zeta) of Louizos, Welling, Kingma 2018 (§5).
+#: The hard-concrete constants (beta, gamma, zeta) of Louizos, Welling, Kingma 2018.
 HARD_CONCRETE = (2.0 / 3.0, -0.1, 1.1)
 _GATE_SNAP = 10.0  # |log a| that finalize() writes: the test-time gate is then exactly 0 or 1
 _U_EPS = 1e-6  # the uniform noise of the gates is drawn from (eps, 1 - eps)
@@ -75,7 +79,7 @@ _U_EPS = 1e-6  # the uniform noise of the gates is drawn from (eps, 1 - eps)
 
 # ----------------------------------------------------------------- grid and levels
 def code_range(bits: int, signed: bool = True) -> tuple[int, int]:
-    """The integer codes ``(k_min, k_max)`` of a ``bits``-bit grid (§1).
+    """The integer codes ``(k_min, k_max)`` of a ``bits``-bit grid.
 
     >>> code_range(2), code_range(2, signed=False)
     ((-2, 1), (0, 3))
@@ -84,7 +88,7 @@ def code_range(bits: int, signed: bool = True) -> tuple[int, int]:
 
 
 def bit_levels(codes, bits: int, signed: bool = True, scheme: str = "A") -> tf.Tensor:
-    r"""The level (ring) :math:`r(k) \in 1..b` of each integer code (§4), as int32.
+    r"""The level (ring) :math:`r(k) \in 1..b` of each integer code, as int32.
 
     * ``"A"`` (range drop): level :math:`j` is the :math:`j`-bit grid minus the
       :math:`(j-1)`-bit one; signed 3 bits: ``{-1, 0}: 1, {-2, 1}: 2, {-4, -3, 2, 3}: 3``;
@@ -138,16 +142,6 @@ def _as(value, dtype) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
 
 
-def _window(k_star, bits, signed, local_grid):
-    """Codes the backward pass sums over, and their validity (None: all valid)."""
-    lo, hi = code_range(bits, signed)
-    if local_grid is None or 2**bits <= 2 * local_grid + 1:
-        return tf.constant(np.arange(lo, hi + 1), k_star.dtype), None
-    offsets = tf.constant(np.arange(-local_grid, local_grid + 1), k_star.dtype)
-    codes = tf.stop_gradient(k_star)[..., None] + offsets
-    return codes, tf.logical_and(codes >= lo, codes <= hi)
-
-
 def _logistic_mass(z_lo, z_hi):
     """sigmoid(z_hi) - sigmoid(z_lo) for z_lo <= z_hi without cancellation: where the
     interval lies right of 0 (the input below the bin) as sigmoid(-z_lo) - sigmoid(-z_hi), so
@@ -175,7 +169,7 @@ def cpq_probabilities(
     codes=None,
     valid=None,
 ) -> tf.Tensor:
-    r"""RQ's truncated categorical :math:`\pi_k(x)` over the grid (§1), on a new last axis.
+    r"""RQ's truncated categorical :math:`\pi_k(x)` over the grid, on a new last axis.
 
     Args:
         x: inputs.
@@ -187,7 +181,7 @@ def cpq_probabilities(
         valid: optional boolean mask of ``codes`` inside the grid (RQ's local grid); invalid
             codes get probability 0. The normaliser is always the full truncated range.
 
-    Example (CPQ.md §10.1):
+    Example:
 
     >>> p = cpq_probabilities([0.3], 1.0, 0.25, bits=2, fuzz=0.0)
     >>> [round(float(v), 6) for v in p[0]]
@@ -215,17 +209,162 @@ def cpq_probabilities(
     return mass / tf.maximum(total + (2**bits) * fuzz, floor)
 
 
-def _soft_code(x, alpha, sigma, k_star, bits, signed, scheme, fuzz, local_grid, level_weights):
-    r""":math:`\sum_k k\,\tilde\pi_k`, the smoothed staircase the STE differentiates."""
-    codes, valid = _window(k_star, bits, signed, local_grid)
-    pi = cpq_probabilities(x, alpha, sigma, bits, signed, fuzz, codes, valid)
-    if level_weights is not None:
-        onehot = tf.one_hot(bit_levels(codes, bits, signed, scheme) - 1, bits, dtype=x.dtype)
-        lw = tf.cast(level_weights, x.dtype)[..., None, :]  # (..., 1, bits)
-        pi = pi * tf.reduce_sum(lw * onehot, axis=-1)
-        floor = np.finfo(x.dtype.as_numpy_dtype).tiny  # all masses underflowed: pi = 0
-        pi = pi / tf.maximum(tf.reduce_sum(pi, axis=-1, keepdims=True), floor)
-    return tf.reduce_sum(pi * codes, axis=-1)
+def _level_of(k: int, bits: int, signed: bool, scheme: str) -> int:
+    """:func:`bit_levels` of one integer code, in Python (static codes at trace time)."""
+    if scheme == "A":
+        m = (-k - 1 if k < 0 else k) if signed else k
+        first = 0 if signed else 1
+        return 1 + sum(m >= 2**i for i in range(first, first + bits - 1))
+    return bits - sum(k % 2**i == 0 for i in range(1, bits))
+
+
+def _boundary(x, alpha, sigma, edge):
+    r"""At the cell boundary :math:`\alpha e` (``e`` in code units, ``k - 1/2``): the logistic
+    argument :math:`u = (\alpha e - x)/\sigma` clipped to +-40, :math:`\operatorname{sigmoid}
+    (\pm u)` and the density :math:`\rho = \operatorname{sigmoid}(u)\operatorname{sigmoid}(-u)`,
+    0 where the clip is active (the clip's gradient: beyond it every mass is constant)."""
+    u = (alpha * edge - x) / sigma
+    inside = tf.abs(u) <= 40.0
+    u = tf.clip_by_value(u, -40.0, 40.0)
+    sp, sn = tf.sigmoid(u), tf.sigmoid(-u)
+    return u, sp, sn, tf.where(inside, sp * sn, tf.zeros_like(u))
+
+
+def _mass(lower, upper):
+    """The logistic mass between two boundaries without cancellation (:func:`_logistic_mass`
+    from their sigmoids): right of the input as a difference of small ``sigmoid(-u)``."""
+    return tf.where(lower[0] > 0, lower[2] - upper[2], upper[1] - lower[1])
+
+
+def _ste_backward(g, x, alpha, sigma, k_star, bits, signed, scheme, fuzz, local_grid, lw):
+    r"""The multi-class STE's gradients for ``(x, alpha, sigma, level_weights)``, given
+    ``g = dy * alpha``, without a codes axis.
+
+    The soft code :math:`S = \sum_k k c_k p_k / D` (:math:`p_k` a cell's logistic mass plus
+    :math:`\epsilon`, :math:`c_k` the code's weight, :math:`D` the normaliser) telescopes: a
+    cell's mass is a difference of :math:`C_m = \operatorname{sigmoid}(u_m)` at its two
+    boundaries, so :math:`\partial S = \sum_m \rho_m \partial u_m\,[A_m - S B_m] / D` with
+    :math:`A_m = (m-1) c_{m-1} - m c_m` and :math:`B_m = c_{m-1} - c_m` (the normaliser's
+    weights). One pass over the boundaries accumulates per-element sums; nothing of size
+    elements x codes is formed. The direct term :math:`k^*` of :math:`\alpha` is the caller's.
+    """
+    dtype = x.dtype
+    lo, hi = code_range(bits, signed)
+    windowed = local_grid is not None and 2**bits > 2 * local_grid + 1
+    if windowed:  # RQ's local grid: the codes k* - L .. k* + L inside the grid
+        offsets = list(range(-local_grid, local_grid + 1))
+        codes = [k_star + o for o in offsets]
+        valid = [tf.cast((c >= lo) & (c <= hi), dtype) for c in codes]
+        edges = [k_star + (o - 0.5) for o in offsets] + [k_star + (offsets[-1] + 0.5)]
+    else:
+        codes = [float(k) for k in range(lo, hi + 1)]
+        valid = [None] * len(codes)
+        edges = [k - 0.5 for k in codes] + [hi + 0.5]
+    n = len(codes)
+
+    # the weight c_k of each code: its level's weight (or 1) where valid; None means 1
+    weight, levels = list(valid), None
+    if lw is not None:
+        if windowed:
+            levels = [bit_levels(c, bits, signed, scheme) for c in codes]
+            per_level = [lw[..., j] for j in range(bits)]
+            weight = []
+            for level, v in zip(levels, valid):
+                w = tf.zeros_like(v)
+                for j in range(bits):
+                    w = tf.where(level == j + 1, per_level[j], w)
+                weight.append(w * v)
+        else:
+            levels = [_level_of(int(k), bits, signed, scheme) for k in codes]
+            weight = [lw[..., level - 1] for level in levels]
+
+    def times(c, t):  # c * t with None as 1
+        return t if c is None else c * t
+
+    sums = {key: 0.0 for key in ("ax", "aa", "as", "bx", "ba", "bs", "kp", "p")}
+    level_p = [0.0] * bits
+    level_kp = [0.0] * bits
+
+    def accumulate(prefix, coef, b, edge):
+        u, rho = b[0], b[3]
+        term = times(coef, rho)
+        sums[prefix + "x"] += term
+        sums[prefix + "a"] += term * edge
+        sums[prefix + "s"] += term * u
+
+    first = previous = None
+    for i in range(n + 1):
+        b = _boundary(x, alpha, sigma, edges[i])
+        first = b if first is None else first
+        # A_m = (m - 1) c_{m-1} - m c_m over the two codes beside this boundary
+        parts = []
+        if i > 0:
+            parts.append(times(weight[i - 1], codes[i - 1]))
+        if i < n:
+            parts.append(-times(weight[i], codes[i]))
+        coef = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        accumulate("a", coef, b, edges[i])
+        if lw is not None:  # B_m = c_{m-1} - c_m: the normaliser sum_k c_k p_k
+            parts = []
+            if i > 0:
+                parts.append(1.0 if weight[i - 1] is None else weight[i - 1])
+            if i < n:
+                parts.append(-1.0 if weight[i] is None else -weight[i])
+            accumulate("b", parts[0] if len(parts) == 1 else parts[0] + parts[1], b, edges[i])
+        if previous is not None:  # the mass of code i - 1
+            k, v, c = codes[i - 1], valid[i - 1], weight[i - 1]
+            p = times(v, _mass(previous, b) + fuzz)
+            sums["p"] += times(c, p) if lw is not None else p
+            sums["kp"] += times(c, p) * k if lw is not None else p * k
+            if levels is not None:
+                if windowed:
+                    for j in range(bits):
+                        on = tf.cast(levels[i - 1] == j + 1, dtype)
+                        level_p[j] += on * p
+                        level_kp[j] += on * p * k
+                else:
+                    level_p[levels[i - 1] - 1] += p
+                    level_kp[levels[i - 1] - 1] += p * k
+        previous = b
+
+    if lw is None:  # the normaliser is the whole truncated grid: B = -1 at its bottom, +1 at top
+        if windowed:
+            bottom = _boundary(x, alpha, sigma, lo - 0.5)
+            top = _boundary(x, alpha, sigma, hi + 0.5)
+        else:
+            bottom, top = first, previous
+        accumulate("b", -1.0, bottom, lo - 0.5)
+        accumulate("b", 1.0, top, hi + 0.5)
+        total = _mass(bottom, top) + (2**bits) * fuzz
+    else:
+        total = sums["p"]
+    # total ~ 0: every mass the soft code weighs is beyond the +-40 clip (the input is over
+    # 40 sigma from the active grid): the soft code is constant, and so zero gradients (with
+    # level weights the ratio of two underflowed masses would otherwise blow up)
+    # (a normal number: 1 / a denormal overflows, and XLA flushes denormals to 0)
+    held = total > np.finfo(dtype.as_numpy_dtype).tiny
+    inv = tf.where(held, 1.0 / tf.where(held, total, tf.ones_like(total)), 0.0)
+    soft = sums["kp"] * inv
+    scale = g * inv / sigma
+    gx = -scale * (sums["ax"] - soft * sums["bx"])
+    ga = tf.reduce_sum(scale * (sums["aa"] - soft * sums["ba"]))
+    gs = -tf.reduce_sum(scale * (sums["as"] - soft * sums["bs"]))
+    gw = None
+    if lw is not None:
+        terms = [g * inv * (level_kp[j] - soft * level_p[j]) for j in range(bits)]
+        if lw.shape.is_fully_defined() and lw.shape.num_elements() == bits:
+            gw = tf.reshape(tf.stack([tf.reduce_sum(t) for t in terms]), tf.shape(lw))
+        else:
+            gw = _unbroadcast(tf.stack(terms, axis=-1), lw)
+    return gx, ga, gs, gw
+
+
+def _unbroadcast(grad, like):
+    """Sum ``grad`` over the axes that broadcasting ``like`` to it added or stretched."""
+    if like.shape.is_fully_defined() and grad.shape == like.shape:
+        return grad
+    axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(like), s1=tf.shape(grad))
+    return tf.reshape(tf.reduce_sum(grad, axes), tf.shape(like))
 
 
 def cpq_quantize(
@@ -240,7 +379,7 @@ def cpq_quantize(
     fuzz: float = 0.0,
     local_grid: int | None = 4,
 ) -> tf.Tensor:
-    r"""CPQ: the mode of RQ's categorical forward, the multi-class STE backward (§2-§3).
+    r"""CPQ: the mode of RQ's categorical forward, the multi-class STE backward.
 
     \\[ \hat x = \alpha k^*,\quad k^* = \operatorname{clip}(\lceil x/\alpha - \tfrac12\rceil,
         k_{min}, k_{max}),\qquad
@@ -248,8 +387,8 @@ def cpq_quantize(
         + \sum_k \alpha k \frac{\partial \tilde\pi_k}{\partial \theta} \\]
 
     i.e. the gradients of ``stop_gradient(y_hard - pi) + pi`` contracted with
-    :math:`g_k = \alpha k` (§3), written with ``tf.custom_gradient`` for
-    :math:`\theta \in \{x, \alpha, \sigma, w\}`.
+    :math:`g_k = \alpha k`, for :math:`\theta \in \{x, \alpha, \sigma, w\}`, in the
+    closed form of :func:`_ste_backward` under ``tf.custom_gradient``.
 
     Args:
         x: the tensor to quantize.
@@ -265,11 +404,12 @@ def cpq_quantize(
         scheme: ``"A"`` or ``"B"``, how codes are grouped into levels (:func:`bit_levels`).
         fuzz: RQ's :math:`\epsilon`.
         local_grid: the backward sums over the ``2 local_grid + 1`` codes around
-            :math:`k^*` when the grid has more codes than that (RQ's local grid, §1, with a
-            fixed window in codes instead of :math:`\delta\sigma`: a static shape);
-            ``None`` for the whole grid. Memory is O(size(x) x codes summed).
+            :math:`k^*` when the grid has more codes than that (RQ's local grid, section
+            2.2, with a fixed window in codes instead of :math:`\delta\sigma`: a static
+            shape); ``None`` for the whole grid. Time is O(size(x) x codes summed), memory
+            a few tensors of the size of ``x``.
 
-    Example (the STE slope at a decision boundary, CPQ.md §10.3):
+    Example (the STE slope at a decision boundary):
 
     >>> x = tf.constant([0.3, 0.5, 0.7])
     >>> with tf.GradientTape() as tape:
@@ -285,33 +425,26 @@ def cpq_quantize(
     @tf.custom_gradient
     def _call(x, alpha, sigma, *extra):
         lw = extra[0] if extra else None
-        k_star = _forward_codes(x, alpha, bits, signed, scheme, lw)
 
         def grad(dy):
-            inputs = [x, alpha, sigma, *extra]
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                soft = _soft_code(
-                    x, alpha, sigma, k_star, bits, signed, scheme, fuzz, local_grid, lw
-                )
-            grads = tape.gradient(
-                soft,
-                inputs,
-                output_gradients=dy * tf.stop_gradient(alpha),
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            # k* again rather than kept from the forward: one tensor less held for backward
+            k_star = _forward_codes(x, alpha, bits, signed, scheme, lw)
+            gx, ga, gs, gw = _ste_backward(
+                dy * alpha, x, alpha, sigma, k_star, bits, signed, scheme, fuzz, local_grid, lw
             )
-            # the direct term of g_k = alpha k: d(alpha k*)/d alpha = k* (§3)
-            grads[1] = grads[1] + tf.reduce_sum(dy * k_star)
-            return grads
+            # the direct term of g_k = alpha k: d(alpha k*)/d alpha = k*
+            ga = ga + tf.reduce_sum(dy * k_star)
+            grads = [_unbroadcast(gx, x), ga, gs]
+            return grads if lw is None else [*grads, gw]
 
-        return alpha * k_star, grad
+        return alpha * _forward_codes(x, alpha, bits, signed, scheme, lw), grad
 
     return _call(x, alpha, sigma, *extra)
 
 
 # ----------------------------------------------------------------- hard-concrete gates
 def hard_concrete_sample(log_a, u) -> tf.Tensor:
-    r"""A hard-concrete gate sample (§5) for uniform noise ``u`` in (0, 1):
+    r"""A hard-concrete gate sample for uniform noise ``u`` in (0, 1):
     :math:`s = \operatorname{sigmoid}((\log u - \log(1-u) + \log a)/\beta)`,
     :math:`z = \operatorname{clip}(s(\zeta - \gamma) + \gamma, 0, 1)`.
 
@@ -327,7 +460,7 @@ def hard_concrete_sample(log_a, u) -> tf.Tensor:
 
 def hard_concrete_gate(log_a) -> tf.Tensor:
     r"""The deterministic (test-time) gate :math:`\operatorname{clip}(\operatorname{sigmoid}
-    (\log a)(\zeta - \gamma) + \gamma, 0, 1)` (§5).
+    (\log a)(\zeta - \gamma) + \gamma, 0, 1)`.
 
     >>> hard_concrete_gate([-10.0, 0.0, 10.0]).numpy().round(6).tolist()
     [0.0, 0.5, 1.0]
@@ -339,7 +472,7 @@ def hard_concrete_gate(log_a) -> tf.Tensor:
 
 def hard_concrete_nonzero(log_a) -> tf.Tensor:
     r""":math:`P(z \ne 0) = \operatorname{sigmoid}(\log a - \beta \log(-\gamma/\zeta))`
-    (§5), differentiable in :math:`\log a`."""
+    differentiable in :math:`\log a`."""
     beta, gamma, zeta = HARD_CONCRETE
     log_a = tf.convert_to_tensor(log_a, tf.float32)
     return tf.sigmoid(log_a - beta * math.log(-gamma / zeta))
@@ -364,81 +497,40 @@ def _check_number(name: str, value: Any, expected: str, ok) -> float:
 class CPQQuantizer(Quantizer):
     r"""Cluster-Promoting Quantization with DropBits and learned bit-widths (alias ``"cpq"``).
 
-    Forward: the nearest point of the grid :math:`\alpha\{k_{min}, \dots, k_{max}\}` (the mode
-    of RQ's categorical, ties to the lower code); backward: the multi-class STE through the
-    categorical, giving gradients to the input, :math:`\alpha` and :math:`\sigma`
-    (:func:`cpq_quantize`). Weights near a grid point get a small gradient, weights near a
-    decision boundary a large one, which clusters them on the grid.
-
-    **Variables** (created in ``__init__``, as they do not depend on the input shape, so the
-    layer using this quantizer holds them, saved and checkpointed, before its first call;
-    a quantizer building them on first call would not be built when Keras loads a model):
-    ``log_alpha`` and ``log_sigma``, trainable scalars; :math:`\alpha = e^{\log\alpha}`,
-    :math:`\sigma = e^{\log\sigma}` stay positive by this log parametrisation, so their
-    variables' gradients are §3's times :math:`\alpha` and :math:`\sigma`. ``bit_gates``
-    (for ``bits > 1``): the hard-concrete :math:`\log a_j` of the droppable levels
-    :math:`j = 2..b`, trainable when ``learn_bits``.
-
-    **DropBits** (§4, training only): per element and per level :math:`j \ge 2` a Bernoulli
-    keep :math:`m_j \sim B(1 - p)`, nested (dropping level :math:`j` drops every level above),
-    so code :math:`k` survives with probability :math:`(1-p)^{r(k)-1}`. The forward is the
-    nearest surviving code and the STE runs through the renormalised
-    :math:`\tilde\pi`. At inference nothing is dropped and the output is deterministic.
-
-    **Learned bit-widths** (§5, ``learn_bits=True``): one hard-concrete gate per droppable
-    level; in training a gate sample :math:`z_j` (one per level per call) multiplies the
-    level weights, nested (:math:`Z_j = \prod_{i \le j} z_i`), a level with :math:`Z_j = 0`
-    is dropped from the forward, and the STE gives :math:`\log a` a gradient through
-    :math:`\tilde\pi`. The loss :math:`\lambda_b \sum_j P(z_j \ne 0)\,c_j` is added with
-    ``add_loss`` in training calls. :meth:`learned_bits` reads off :math:`1 +` the number of
-    consecutive open test-time gates; :meth:`finalize` fixes it. Outside training (and
-    when not learning) the test-time gates apply; they start open (``gate_init``).
-
-    ``precision`` is :meth:`learned_bits` (``bits`` unless gates closed). ``grid`` is the
-    active grid: the codes of :func:`code_range` at the learned width, times the learned
-    step :math:`\alpha` (``learned``; after scheme ``"B"`` drops, the step is
-    :math:`2^{b - j}\alpha`: 3 bits dropped to 2 give codes ``(-2, -1, 0, 1)`` of step
-    :math:`2\alpha`, the values ``(-4, -2, 0, 2)`` :math:`\alpha`); ``levels`` are its
-    values, and ties round down.
+    Forward: the nearest point of the learned grid :math:`\alpha\{k_{min}, \dots, k_{max}\}`;
+    backward: the multi-class STE through RQ's categorical (:func:`cpq_quantize`), small near
+    grid points and large near decision boundaries, so that weights cluster on the grid.
+    Variables (made in ``__init__``, so a loaded model has them): ``log_alpha``,
+    ``log_sigma`` (positive by the log) and, for ``bits > 1``, ``bit_gates``, the
+    hard-concrete :math:`\log a_j` of levels :math:`2..b`. In training DropBits keeps each
+    level :math:`j \ge 2` of each element with probability :math:`1 - p`, nested; with
+    ``learn_bits`` a gate sample per level multiplies the level weights and
+    :math:`\lambda_b \sum_j P(z_j \ne 0)\,c_j` is added with ``add_loss``;
+    :meth:`learned_bits` reads the width off the test-time gates, :meth:`finalize` fixes it.
+    The paper leaves most of these details open: what was reconstructed and why is in
+    docs/methods.md#cpq-and-dropbits.
 
     Args:
-        bits: 1 to 8. Above 4 bits the backward sums over a local grid (``local_grid``).
-        signed: ``True``: codes :math:`\{-2^{b-1}, \dots, 2^{b-1}-1\}` (weights);
-            ``False``: :math:`\{0, \dots, 2^b - 1\}` (post-ReLU activations; INFERRED,
-            CPQ.md §1, from RQ's "grid that starts from zero").
-        alpha: the initial grid step :math:`\alpha > 0` (default 1.0; set it to the scale of
-            the tensor, e.g. :math:`\max|w| / 2^{b-1}` (CPQ.md §6), the paper's is UNKNOWN),
-            or ``None``: set from the first training batch to
-            :math:`2\,\mathrm{mean}|x| / \sqrt{q_{max}}` (LSQ's initial step; INFERRED, CPQ's
-            initialisation is UNKNOWN), as ``tfquant.zoo``'s ``"cpq"`` method does. Until
-            then (and in inference before any training) alpha is 1.
-        sigma: the initial noise scale :math:`\sigma > 0`, or ``None`` for :math:`\alpha/3`
-            (INFERRED, CPQ.md §1, a third party's note; RQ's rule is unavailable). The
-            resolved value is stored.
-        dropbits: ``"A"`` (default; INFERRED, CPQ.md §4 primary hypothesis: range / MSB
-            drop), ``"B"`` (resolution / LSB drop) or ``None`` (no DropBits, no gates).
-            CPQ applies DropBits to weights only (SECONDARY, §4); pass ``None`` for an
-            ``input_quantizer`` to follow it.
-        drop_rate: per-level drop probability :math:`p \in [0, 1)`; INFERRED default 0.1
-            (CPQ.md §4 suggests 0.05-0.2; the paper's value is UNKNOWN). 0 keeps the levels
-            (e.g. for gates without random drops).
-        learn_bits: learn the bit-width with hard-concrete gates (needs ``dropbits``).
-        bit_penalty: :math:`\lambda_b \ge 0`, the weight of the gate regulariser (INFERRED
-            default 1e-3; UNKNOWN in the paper).
-        bit_cost: the cost :math:`c_j` of a level: ``"bits"`` (1 per level, default) or
-            ``"elements"`` (the quantized tensor's size: memory); INFERRED, CPQ.md §5.
-        gate_init: initial :math:`\log a` (default 3.0, INFERRED: test-time gates open,
-            :math:`P(z \ne 0) \approx 0.99`).
-        fuzz: RQ's :math:`\epsilon \ge 0` (default 0, INFERRED; RQ's value is not
-            given). RQ needs it against 0/0; here the masses are computed without
-            cancellation and the normaliser has a floor, so it is not needed, and any
-            :math:`\epsilon > 0` puts a spurious, wrong-signed STE slope where the total
-            mass falls to about :math:`2^b\epsilon`, some :math:`\sigma\ln(1/\epsilon)`
-            beyond the grid ends.
-        local_grid: half-width in codes of the backward's window when
-            :math:`2^b > 2\,` ``local_grid`` :math:`+ 1` (default 4: full grid up to 3 bits,
-            9 codes from 4 bits); ``None`` for the whole grid. INFERRED, RQ §2.2 uses
-            :math:`\pm\delta\sigma`; a fixed window keeps shapes static.
+        bits: 1 to 8.
+        signed: codes :math:`\{-2^{b-1}, \dots, 2^{b-1}-1\}` (weights) or
+            :math:`\{0, \dots, 2^b - 1\}` (post-ReLU activations).
+        alpha: the initial grid step > 0, or ``None``: set from the first training batch to
+            :math:`2\,\mathrm{mean}|x| / \sqrt{q_{max}}` (LSQ's initial step); 1 until then.
+        sigma: the initial noise scale > 0, or ``None`` for :math:`\alpha/3`.
+        dropbits: ``"A"`` (drop range, default), ``"B"`` (drop resolution) or ``None`` (no
+            DropBits, no gates); the zoo applies it to kernels only.
+        drop_rate: per-level drop probability in [0, 1) (default 0.1).
+        learn_bits: learn the width with hard-concrete gates (needs ``dropbits``).
+        bit_penalty: :math:`\lambda_b \ge 0` (default 1e-3).
+        bit_cost: the cost :math:`c_j` of a level: ``"bits"`` (1) or ``"elements"`` (the
+            tensor's size).
+        gate_init: initial :math:`\log a` (default 3.0: gates open).
+        fuzz: RQ's :math:`\epsilon \ge 0` (default 0: the masses are computed without
+            cancellation, and any :math:`\epsilon > 0` adds a wrong-signed slope far
+            outside the grid).
+        local_grid: the backward's window half-width in codes when
+            :math:`2^b > 2\,` ``local_grid`` :math:`+ 1` (default 4); ``None`` for the
+            whole grid.
         seed: seed of DropBits' and the gates' noise.
 
     Raises:
@@ -592,7 +684,6 @@ class CPQQuantizer(Quantizer):
         return Grid(
             step=self.alpha_value * stride, k_min=lo, k_max=hi, ties="down", learned=True
         )
-
 
     @property
     def alpha_value(self) -> float:
