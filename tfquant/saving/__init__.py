@@ -2,7 +2,8 @@
 
 * :mod:`tfquant.saving.scan`: find what in a ``.keras`` / ``.h5`` file or a SavedModel
   would run code, reading it as data (formerly ``tfquant.converters.safety``, still
-  importable by that name);
+  importable by that name); the SavedModel graphs in :mod:`tfquant.saving.saved_model_scan`,
+  its :class:`Finding` and :class:`UnsafeModelError` in :mod:`tfquant.saving.findings`;
 * :mod:`tfquant.saving.load`: :func:`load_model`, which scans, then loads with Keras'
   safe mode, and turns Keras' errors into a :class:`ConversionError` that says what is
   wrong;
