@@ -71,14 +71,28 @@ def raising(received: list[int]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def held() -> Iterator[None]:
-    """Block :data:`HELD` within the block; one that arrives meanwhile is delivered right
-    after it. Outside the main thread or POSIX, nothing is blocked."""
+    """Hold :data:`HELD` back within the block; the first that arrives meanwhile is raised
+    again right after it, to whatever handler was there before.
+
+    Held by Python-level handlers rather than a signal mask: ``pthread_sigmask`` blocks a
+    signal for the calling thread only, and the kernel hands a signal sent to the process
+    to any thread that does not block it (TensorFlow starts many), whose C handler then has
+    the main thread run the Python one at once. Outside the main thread, nothing is held.
+    """
+    pending: list[int] = []
+
+    def defer(signum, frame):
+        pending.append(signum)
+
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
-    except (AttributeError, ValueError, OSError):
-        previous = None
+        previous = {s: signal.signal(s, defer) for s in HELD}
+    except ValueError:  # not the main thread
+        yield
+        return
     try:
         yield
     finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if pending:
+            signal.raise_signal(pending[0])
