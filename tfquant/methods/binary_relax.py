@@ -220,11 +220,6 @@ class RelaxedQuantizer(quantizers.Quantizer):
         return self.quantizer.grid
 
     @property
-    def grid(self):  # type: ignore[override]
-        """The wrapped quantizer's grid: what :meth:`exact` (phase two, deployment) outputs."""
-        return self.quantizer.grid
-
-    @property
     def levels(self):  # type: ignore[override]
         return self.quantizer.levels
 
