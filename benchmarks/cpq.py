@@ -20,7 +20,7 @@ on 20 training batches) and one evaluation on the test set (used for nothing els
 * ``cpq_fixed``: the same per-layer bits trained from scratch with the widths held fixed:
   a 4-bit ``cpq`` model whose kernel quantizers' gates are set so that ``learned_bits()``
   equals the ``cpq_learned`` layer's bits of the same seed, then ``finalize()``-d before
-  training (gates constant, not trainable). CPQ's hypothesis (CPQ.md 5): learned beats fixed.
+  training (gates constant, not trainable). CPQ's hypothesis: learned beats fixed.
 
 Why the top gate starts near closing: with Adam every gate moves at most about the
 learning rate per step whatever ``bit_penalty`` is (Adam normalises the gradient), and a
@@ -38,15 +38,23 @@ data order). The JSON gives per-seed accuracies, train seconds and step times, t
 bits, the paired gains in accuracy points (``common.paired_gain``, 95% interval over
 seeds), four targets with verdicts (3-bit CPQ within 1 point of float; CPQ >= DoReFa at 2
 bits; DropBits helps at 3 bits; learned widths beat fixed ones), a step-time and peak
-memory table of CPQ vs DoReFa at 2, 3, 4 bits (one fresh subprocess per configuration:
-median ms per training step after 5 warm-up steps, peak RSS ``VmHWM``), and, unless
-``--no-convert``, the conversion of the first seed's ``cpq3`` model (ops, per-layer
-``became`` and reasons, size vs float, TFLite vs Keras argmax agreement on the test set).
+memory table of CPQ vs DoReFa at 2, 3, 4 bits (per bit width one subprocess that trains
+both models in alternating steps: the median and quartiles of the per-step ratio, against
+the target 1.5x; one subprocess per configuration for the peak RSS ``VmHWM``, against
+1.2x), and, unless ``--no-convert``, the conversion of the first seed's ``cpq3`` model
+(ops, per-layer ``became`` and reasons, size vs float, TFLite vs Keras argmax agreement on
+the test set).
 
-Run (the README's measured command; see the README for its wall time)::
+The defaults are the study: the whole Fashion-MNIST training set (60,000 images), 3
+epochs (1,407 steps per run), 3 seeds, the whole test set: 30 training runs; see
+benchmarks/README.md for the estimated wall time::
 
-    .venv/bin/python benchmarks/cpq.py --seeds 0,1,2 --train 6400 --epochs 1 --test 5000 \
-        --timing-steps 15 --out runs/cpq.json --png runs/cpq.png
+    .venv/bin/python benchmarks/cpq.py --out runs/cpq.json --png runs/cpq.png
+
+The step-time and memory table alone (no training runs)::
+
+    .venv/bin/python benchmarks/cpq.py --variants float --seeds 0 --train 256 --test 128 \
+        --epochs 1 --no-convert --timing-steps 30 --out runs/cpq_timing.json
 
 A smoke run (tiny sizes, under a minute)::
 
@@ -95,6 +103,8 @@ LEARN_FROM_BITS = 4
 TARGET_WITHIN_FLOAT_POINTS = -1.0  # cpq3 - float, in accuracy points, at least
 TARGET_AGREEMENT = 0.995  # TFLite vs Keras argmax agreement on the test set, at least
 WARMUP_STEPS = 5  # step times of the first steps (tracing) are dropped
+TARGET_STEP_RATIO = 1.5  # CPQ's training step / DoReFa's, at most (median of interleaved pairs)
+TARGET_RSS_RATIO = 1.2  # CPQ's peak RSS / DoReFa's, at most
 SMOKE = {"train": 256, "test": 128, "epochs": 1, "timing_steps": 7, "timing_bits": "2"}
 
 
@@ -102,9 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {VARIANTS}")
-    p.add_argument("--train", type=int, default=10000, help="training images (0: all 60k)")
+    p.add_argument("--train", type=int, default=0, help="training images (0: all 60k)")
     p.add_argument("--test", type=int, default=0, help="test images (0: all 10k)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs of every variant")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of every variant")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
         "--bit-penalty", type=float, default=2e-3, help="cpq_learned: each kernel's lambda_b"
@@ -119,7 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--timing-steps",
         type=int,
         default=20,
-        help="training steps per step-time / memory subprocess (0: skip the table)",
+        help="interleaved CPQ / DoReFa step pairs timed per bit width (0: skip the table)",
     )
     p.add_argument("--timing-bits", default="2,3,4", help="bits of the timing table")
     p.add_argument("--out", default=None, help="also write the JSON here")
@@ -172,8 +182,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"Expected distinct --seeds. Received: {args.seeds}")
     if args._timing is not None:
         method, _, b = args._timing.partition(":")
-        if method not in ("cpq", "dorefa") or not b.isdigit():
-            p.error(f"Expected --_timing cpq:B or dorefa:B. Received: {args._timing!r}")
+        if method not in ("cpq", "dorefa", "pair") or not b.isdigit():
+            p.error(f"Expected --_timing cpq:B, dorefa:B or pair:B. Received: {args._timing!r}")
     return args
 
 
@@ -269,35 +279,63 @@ def _status_mib(field: str) -> float:
     return float("nan")
 
 
-def timing_child(args) -> dict:
-    """In a fresh process: train ``--timing-steps`` steps of one configuration on random
-    images; the median ms per step after the warm-up and this process's peak RSS."""
-    method, _, b = args._timing.partition(":")
+def _timing_model(method: str, bits: int) -> keras.Model:
     keras.utils.set_random_seed(0)
-    n = args.timing_steps * args.batch_size
-    rng = np.random.default_rng(0)
-    x = rng.random((n, 28, 28, 1), dtype=np.float32)
-    y = rng.integers(0, 10, n)
     model = zoo.build(
         "binary_cnn",
         method=method,
-        method_options={"bits": int(b)},
+        method_options={"bits": bits},
         input_shape=(28, 28, 1),
         classes=10,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy"
     )
+    return model
+
+
+def _random_batch(batch_size: int):
+    rng = np.random.default_rng(0)
+    return rng.random((batch_size, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, batch_size)
+
+
+def timing_child(args) -> dict:
+    """In a fresh process. ``cpq:B`` or ``dorefa:B``: the peak RSS of training one
+    configuration (``WARMUP_STEPS`` + 3 steps). ``pair:B``: both models in this process,
+    ``WARMUP_STEPS`` steps each, then ``--timing-steps`` rounds of one step of each, in
+    alternating order, so that the other jobs' load hits both alike; per round the ratio of
+    the two step times."""
+    method, _, b = args._timing.partition(":")
+    x, y = _random_batch(args.batch_size)
+    if method == "pair":
+        models = {m: _timing_model(m, int(b)) for m in ("cpq", "dorefa")}
+        for model in models.values():
+            for _ in range(WARMUP_STEPS):
+                model.train_on_batch(x, y)
+        times: dict = {"cpq": [], "dorefa": []}
+        for i in range(args.timing_steps):
+            for m in ("cpq", "dorefa") if i % 2 == 0 else ("dorefa", "cpq"):
+                start = time.perf_counter()
+                models[m].train_on_batch(x, y)
+                times[m].append(time.perf_counter() - start)
+        ratios = np.asarray(times["cpq"]) / np.asarray(times["dorefa"])
+        q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+        return {
+            "method": "pair",
+            "bits": int(b),
+            "rounds": len(ratios),
+            "step_time_ratio_median": float(median),
+            "step_time_ratio_quartiles": [float(q1), float(q3)],
+            "cpq_ms_per_step": 1000 * float(np.median(times["cpq"])),
+            "dorefa_ms_per_step": 1000 * float(np.median(times["dorefa"])),
+        }
+    model = _timing_model(method, int(b))
     rss_before = _status_mib("VmRSS")
-    timer = common.StepTimer(skip=WARMUP_STEPS)
-    model.fit(
-        x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False, callbacks=[timer]
-    )
+    for _ in range(WARMUP_STEPS + 3):
+        model.train_on_batch(x, y)
     return {
         "method": method,
         "bits": int(b),
-        "ms_per_step": 1000 * timer.seconds_per_step,
-        "steps_timed": len(timer.times) - WARMUP_STEPS,
         "rss_before_fit_mib": rss_before,
         "peak_rss_mib": _status_mib("VmHWM"),
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -307,7 +345,7 @@ def timing_child(args) -> dict:
 def timing_table(args) -> dict:
     rows, errors = [], []
     for b in args.timing_bits:
-        for method in ("cpq", "dorefa"):  # interleaved, so load changes hit both alike
+        for method in ("pair", "cpq", "dorefa"):
             cmd = [
                 sys.executable, __file__, "--_timing", f"{method}:{b}",
                 "--batch-size", str(args.batch_size), "--timing-steps", str(args.timing_steps),
@@ -320,31 +358,43 @@ def timing_table(args) -> dict:
             print(f"[cpq bench] timing {method}:{b}: {rows[-1]}", file=sys.stderr, flush=True)
     side_by_side = {}
     for b in args.timing_bits:
-        c = next((r for r in rows if r["method"] == "cpq" and r["bits"] == b), None)
-        d = next((r for r in rows if r["method"] == "dorefa" and r["bits"] == b), None)
-        if c and d:
-            side_by_side[str(b)] = {
-                "cpq_ms_per_step": c["ms_per_step"],
-                "dorefa_ms_per_step": d["ms_per_step"],
-                "step_time_ratio_cpq_over_dorefa": c["ms_per_step"] / d["ms_per_step"],
-                "cpq_peak_rss_mib": c["peak_rss_mib"],
-                "dorefa_peak_rss_mib": d["peak_rss_mib"],
-                "cpq_rss_growth_in_fit_mib": c["peak_rss_mib"] - c["rss_before_fit_mib"],
-                "dorefa_rss_growth_in_fit_mib": d["peak_rss_mib"] - d["rss_before_fit_mib"],
-            }
+        row = {m: next((r for r in rows if r["method"] == m and r["bits"] == b), None)
+               for m in ("pair", "cpq", "dorefa")}  # fmt: skip
+        if not all(row.values()):
+            continue
+        c, d, pair = row["cpq"], row["dorefa"], row["pair"]
+        side_by_side[str(b)] = {
+            "cpq_ms_per_step": pair["cpq_ms_per_step"],
+            "dorefa_ms_per_step": pair["dorefa_ms_per_step"],
+            "step_time_ratio_cpq_over_dorefa": pair["step_time_ratio_median"],
+            "step_time_ratio_quartiles": pair["step_time_ratio_quartiles"],
+            "step_time_target": _verdict(pair["step_time_ratio_median"], TARGET_STEP_RATIO),
+            "cpq_peak_rss_mib": c["peak_rss_mib"],
+            "dorefa_peak_rss_mib": d["peak_rss_mib"],
+            "peak_rss_ratio_cpq_over_dorefa": c["peak_rss_mib"] / d["peak_rss_mib"],
+            "peak_rss_target": _verdict(c["peak_rss_mib"] / d["peak_rss_mib"], TARGET_RSS_RATIO),
+            "cpq_rss_growth_in_fit_mib": c["peak_rss_mib"] - c["rss_before_fit_mib"],
+            "dorefa_rss_growth_in_fit_mib": d["peak_rss_mib"] - d["rss_before_fit_mib"],
+        }
     return {
         "how": (
-            "one fresh subprocess per configuration: binary_cnn, Adam, batch "
-            f"{args.batch_size}, {args.timing_steps} training steps on random images; "
-            f"median wall ms per step after {WARMUP_STEPS} warm-up steps; peak RSS = "
-            "VmHWM of the process (TensorFlow's runtime included; ru_maxrss is kept too but "
-            "carries the parent's RSS over fork + exec), growth = peak minus "
-            "the RSS just before fit"
+            f"per bit width one fresh subprocess trains CPQ and DoReFa binary_cnn models (Adam, "
+            f"batch {args.batch_size}, random images) {WARMUP_STEPS} warm-up steps each, then "
+            f"{args.timing_steps} rounds of one step of each in alternating order: the median "
+            "and quartiles of the per-round ratio CPQ / DoReFa, and each method's median ms; "
+            "then one fresh subprocess per method for the peak RSS (VmHWM, TensorFlow's "
+            f"runtime included) of {WARMUP_STEPS + 3} training steps; growth = peak minus the "
+            "RSS before training"
         ),
         "rows": rows,
         "by_bits": side_by_side,
         **({"errors": errors} if errors else {}),
     }
+
+
+def _verdict(measured: float, at_most: float) -> dict:
+    return {"at_most": at_most, "measured": measured,
+            "verdict": "met" if measured <= at_most else "missed"}  # fmt: skip
 
 
 # ----------------------------------------------------------------- statistics and targets

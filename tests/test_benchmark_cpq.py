@@ -12,7 +12,7 @@ QUANT_LAYERS = ("s0_conv0", "s0_conv1", "s1_conv0", "s1_conv1")
 SMOKE_VARIANTS = ("float", "cpq3", "cpq_learned", "cpq_fixed")
 
 
-def run_script(*args, timeout: float = 600):
+def run_script(*args, timeout: float = 1200):
     return run_benchmark("cpq.py", *args, timeout=timeout)
 
 
@@ -57,10 +57,17 @@ def test_cpq_benchmark_smoke_run(tmp_path):
     assert targets["learned_beats_fixed"]["verdict"] in ("met", "missed", "tie")
     timing = result["step_time_memory"]
     assert "errors" not in timing, timing.get("errors")
-    assert [(r["method"], r["bits"]) for r in timing["rows"]] == [("cpq", 2), ("dorefa", 2)]
+    assert [(r["method"], r["bits"]) for r in timing["rows"]] == [
+        ("pair", 2), ("cpq", 2), ("dorefa", 2),
+    ]  # fmt: skip
+    assert timing["rows"][0]["rounds"] == 7  # the smoke run's --timing-steps
     row = timing["by_bits"]["2"]
     for key in ("cpq_ms_per_step", "dorefa_ms_per_step", "cpq_peak_rss_mib", "dorefa_peak_rss_mib"):
         assert row[key] > 0
+    q1, q3 = row["step_time_ratio_quartiles"]
+    assert 0 < q1 <= row["step_time_ratio_cpq_over_dorefa"] <= q3
+    assert row["step_time_target"]["verdict"] in ("met", "missed")
+    assert row["peak_rss_target"]["at_most"] == 1.2
     conversion = result["conversion"]
     assert "error" not in conversion, conversion.get("error")
     assert set(QUANT_LAYERS) <= set(conversion["layers"])
@@ -99,6 +106,8 @@ def test_cpq_benchmark_rejects_bad_arguments(bench, capsys, args, message):
 def test_cpq_benchmark_defaults_and_smoke_sizes(bench):
     args = bench.parse_args([])
     assert args.variants == list(bench.VARIANTS) and args.seeds == [0, 1, 2]
+    # the study's budget: the whole training and test sets, 3 epochs
+    assert (args.train, args.test, args.epochs, args.batch_size) == (0, 0, 3, 128)
     assert args.timing_bits == [2, 3, 4]
     smoke = bench.parse_args(["--smoke", "--variants", "cpq_fixed,cpq_learned"])
     assert (smoke.train, smoke.test, smoke.epochs, smoke.timing_bits) == (256, 128, 1, [2])
