@@ -1,7 +1,7 @@
 """Stock-TFLite exports on ARM (arm64 under qemu-user emulation) against x86: same outputs?
 
-No ARM machine is reachable here, but qemu-user runs an arm64 Python (shared/LCE.md,
-"what runs on ARM here"), and with it TFLite's ARM kernels (NEON, ruy, XNNPACK's arm64
+No ARM machine is reachable here, but qemu-user runs an arm64 Python (built
+from Debian's arm64 packages and aarch64 wheels), and with it TFLite's ARM kernels (NEON, ruy, XNNPACK's arm64
 code). Models whose ops are all stock TFLite builtins run there; models with ``Lce*`` ops
 do not (LCE's ARM kernels are not in the wheel). This script checks the exports of that
 first kind:

@@ -74,7 +74,7 @@ def build(binary: bool, input_size: int = 96, seed: int = 0) -> keras.Model:
 
 def float_flatbuffer(model: keras.Model) -> bytes:
     """TensorFlow Lite's own conversion of a Keras 3 model, through ``model.export`` and
-    ``TFLiteConverter.from_saved_model`` (``from_keras_model`` aborts on TF 2.16, LCE.md)."""
+    ``TFLiteConverter.from_saved_model`` (``from_keras_model`` aborts on TF 2.16)."""
     with tempfile.TemporaryDirectory(prefix="tfquant-bench-") as tmp:
         model.export(os.path.join(tmp, "saved_model"), verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(tmp, "saved_model"))

@@ -1,4 +1,4 @@
-"""The shared test sets (STYLE.md 6): numpy references and checks reused per component."""
+"""The shared test sets: numpy references and checks reused per component."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CPQ with DropBits and learned bit-widths: CPQ.md section 10 golden tests 1-7, a numpy
+"""CPQ with DropBits and learned bit-widths: the golden tests 1-7 worked out from the paper's definitions (docs/methods.md#cpq-and-dropbits), a numpy
 reference of the categorical, validation, serialization, save/load and a short fit."""
 
 import doctest
@@ -30,7 +30,7 @@ def np_sigmoid(z):
 
 
 def np_pi(x, alpha, sigma, bits, signed=True, fuzz=0.0):
-    """RQ's truncated categorical (CPQ.md §1, §8), float64, last axis over the codes."""
+    """RQ's truncated categorical, float64, last axis over the codes."""
     lo, hi = code_range(bits, signed)
     k = np.arange(lo, hi + 1, dtype=np.float64)
     edges = np.concatenate([alpha * (k - 0.5), [alpha * (hi + 0.5)]])
@@ -39,13 +39,13 @@ def np_pi(x, alpha, sigma, bits, signed=True, fuzz=0.0):
 
 
 def np_soft(x, alpha, sigma, bits, signed=True):
-    """sum_k k pi_k(x): the STE differentiates alpha times this (CPQ.md §3)."""
+    """sum_k k pi_k(x): the STE differentiates alpha times this."""
     pi, k = np_pi(x, alpha, sigma, bits, signed)
     return (pi * k).sum(axis=1)
 
 
 def np_clipped_round(x, alpha, bits, signed=True):
-    """alpha clip(round(x / alpha)), halves to the lower code (CPQ.md §10.2)."""
+    """alpha clip(round(x / alpha)), halves to the lower code."""
     lo, hi = code_range(bits, signed)
     return alpha * np.clip(np.ceil(x / alpha - 0.5), lo, hi)
 
@@ -101,7 +101,7 @@ def test_forward_is_clipped_rounding_and_the_mode_of_pi(bits, signed, alpha, sig
     q = plain(bits=bits, signed=signed, alpha=alpha, sigma=sigma)
     y = q(x).numpy()
     np.testing.assert_allclose(y, np_clipped_round(x, alpha, bits, signed), rtol=1e-6)
-    # the mode of pi, where pi does not underflow (float64 reference, CPQ.md §2)
+    # the mode of pi, where pi does not underflow (float64 reference)
     near = (x > (lo - 0.5) * alpha - 5 * sigma) & (x < (hi + 0.5) * alpha + 5 * sigma)
     pi, k = np_pi(x[near], alpha, sigma, bits, signed)
     np.testing.assert_allclose(y[near], alpha * k[pi.argmax(axis=1)], rtol=1e-6)
@@ -117,7 +117,7 @@ def test_forward_ties_go_to_the_lower_code():
 
 # ----------------------------------------------------------------- 10.3-10.4 backward
 def test_ste_slope_profile_golden():
-    """CPQ.md §10.3. The estimator is read as the gradient of
+    """Golden test 3: the STE slope profile. The estimator is read as the gradient of
     ``stop_gradient(y_hard - pi) + pi`` (§3), with the truncated categorical and fuzz; the
     golden values were made with fuzz 0, the default.
     The slope is not symmetric about 0.5 (0.70653 vs 0.70104) because of the truncation."""
@@ -129,7 +129,7 @@ def test_ste_slope_profile_golden():
 
 def test_gradients_match_numpy_finite_differences():
     """dx: alpha d/dx sum_k k pi_k; dsigma: alpha d/dsigma sum_k k pi_k; dalpha:
-    k* + alpha d/dalpha sum_k k pi_k (the direct term of g_k = alpha k, CPQ.md §3)."""
+    k* + alpha d/dalpha sum_k k pi_k (the direct term of g_k = alpha k)."""
     alpha, sigma, bits, h = 0.7, 0.3, 3, 1e-6
     x = np.random.default_rng(0).uniform(-4, 4, 64)
     y, (dx, da, ds) = grad_wrt(
@@ -201,7 +201,7 @@ def cluster_distance(sigma, steps=300, lr=0.05, noise=1.0, seed=0):
 
 
 def test_clustering_toy():
-    """CPQ.md §10.5, with its unstated target read as: t = the grid point each weight starts
+    """Golden test 5 (the clustering toy), with its unstated target read as: t = the grid point each weight starts
     nearest to, plus fresh N(0, 1) noise every step (SGD noise), alpha = 1 fixed. With a
     fixed continuous target the STE would instead oscillate around a decision boundary. The
     weights random-walk with a step proportional to the slope, which is small at grid
@@ -273,7 +273,7 @@ def test_dropbits_only_in_training_and_eval_is_deterministic():
 @pytest.mark.parametrize("scheme", ["A", "B"])
 def test_keep_frequency_per_code(scheme):
     """The empirical keep frequency of code k matches q^(level(k) - 1) within 3 sigma over
-    10^5 draws (CPQ.md §10.6), q = 1 - drop_rate."""
+    10^5 draws, q = 1 - drop_rate."""
     bits, rate, n = 4, 0.2, 100_000
     q = CPQQuantizer(bits=bits, dropbits=scheme, drop_rate=rate, seed=7)
     weights = q._level_weights(tf.zeros((n,)), training=True).numpy()  # (n, bits)

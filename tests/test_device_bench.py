@@ -5,7 +5,7 @@ The ssh tests start Debian's ``sshd`` on a free high port of 127.0.0.1 with a ho
 client key and an ``authorized_keys`` made in a temporary directory, and stop it at the end:
 the real ``ssh`` and ``scp`` talk to a real server. The benchmark binary is a **stand-in**, a
 shell script, because LCE's ``lce_benchmark_model`` is an ARM binary that cannot be fetched
-or run here (../shared/LCE.md): it prints LCE's output format (its timings depend on the
+or run here: it prints LCE's output format (its timings depend on the
 thread count and the model, so the table's speed-ups are known), and records its arguments,
 its working directory and the bytes of the model it was given, so the tests check what
 reached the "device".

@@ -1,7 +1,7 @@
 """Keras 3 (``import keras``) on the TensorFlow backend: the one place tfquant imports both.
 
 tfquant's quantizers are ``tf.custom_gradient`` functions in the op shapes Larq Compute
-Engine recognises (shared/LCE.md), so the Keras backend must be TensorFlow. Import order is
+Engine recognises, so the Keras backend must be TensorFlow. Import order is
 free and no environment variable is read or set: ``import keras`` is Keras 3 whatever
 ``TF_USE_LEGACY_KERAS`` says; only ``tf.keras`` follows that variable, and tfquant never uses
 ``tf.keras``.
