@@ -348,7 +348,7 @@ def build(method: str, reference, args) -> tuple:
     elif method == "tfquant_binary_relax":
         model = zoo.binary_cnn(kernel_quantizer="scaled_sign")
         optimizer = keras.optimizers.Adam(args.adam_learning_rate)
-        relaxed = max(args.epochs - 1, 1)  # tfquant train's setting (tfquant/train.py)
+        relaxed = max(args.epochs - 1, 1)  # tfquant train's setting (tfquant.train)
         callbacks = binary_relax.apply(
             model,
             lambda_init=1.0,

@@ -92,3 +92,35 @@ def test_epoch_lines_within_a_long_epoch():
     assert lines[4].split("  ")[1].startswith("loss ")
     assert re.fullmatch(r"epoch 1/2  step 2/4  \d+\.\d s  ~\d+ s left", lines[1]), lines[1]
     assert re.fullmatch(r"epoch 2/2  step 4/4  \d+\.\d s", lines[8]), lines[8]  # all done
+
+
+def test_tfquant_train_prints_one_line_per_epoch(tmp_path, capsys):
+    # In a log (stdout not a terminal): tfquant's own lines and one line per epoch, never
+    # Keras' progress bar (verbose 1, carriage returns) nor its per-epoch "8/8 - 2s" lines.
+    from tfquant.train import TrainConfig, run
+
+    config = TrainConfig(
+        dataset="digits",
+        model="binary_cnn",
+        method="ste",
+        epochs=2,
+        limit=64,
+        batch_size=32,
+        out=str(tmp_path / "run"),
+        convert=False,
+    )
+    run(config)
+    out = capsys.readouterr().out
+    assert "\r" not in out and "\x08" not in out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    number = r"-?[\d.e+-]+"
+    for i, line in enumerate(epochs):
+        left = r"  ~\d+ s left" if i == 0 else ""
+        assert re.fullmatch(
+            rf"epoch {i + 1}/2  acc {number}  loss {number}  val_acc {number}  val_loss {number}"
+            rf"  hard_val_accuracy {number}  hard_val_loss {number}  \d+\.\d s{left}",
+            line,
+        ), line
+    assert len(epochs) == 2, out
+    others = [line for line in out.splitlines() if not line.startswith("epoch ")]
+    assert others and all(line.startswith("[tfquant train] ") for line in others), others

@@ -229,7 +229,8 @@ def test_fit_without_step2_and_bad_input(tmp_path):
     # a resume point (the checkpoint tfquant train gives every method): step 3's epochs
     # only after step 2 (its records in the method's state), step 1's only before
     def checkpoint(start):
-        return train._Checkpoints(tmp_path, train.TrainConfig(method="tsq"), False, start)
+        config = train.TrainConfig(method="tsq")
+        return train.checkpoints._Checkpoints(tmp_path, config, False, start)
 
     with pytest.raises(ValueError, match="initial_epoch=2, step2_records None"):
         tsq.fit(model, x, y, code_epochs=1, finetune_epochs=2, checkpoints=checkpoint({"epoch": 2}))

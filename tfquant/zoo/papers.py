@@ -1,254 +1,26 @@
-"""A zoo of LCE-friendly quantized networks, built for a method.
-
-Two small networks for quick experiments (:func:`binary_cnn`, :func:`bireal_cnn`) and the
-papers' networks: :func:`resnet18` (Bi-Real layout; MD, CPQ), :func:`vgg7` and
+"""The papers' networks: :func:`resnet18` (Bi-Real layout; MD, CPQ), :func:`vgg7` and
 :func:`lenet5` (RQ / CPQ), :func:`alexnet_bn` (TSQ) and :func:`quicknet_small` (LCE's
-QuickNet-small). Each takes ``input_shape``, ``classes``, ``input_quantizer``,
-``kernel_quantizer`` (set by :func:`build`'s ``method``) and, for the papers' networks, a
-``width`` multiplier of every hidden width (rounded to a multiple of 32) for quick runs.
+QuickNet-small), each with a ``width`` multiplier of every hidden width for quick runs.
 
-Every binary convolution takes the form LCE's converter fuses into its binary convolution:
-sign inputs and kernels, ``padding="same"`` with ``pad_values=1.0``, input channels a
-multiple of 32, BatchNorm after the convolution.
-The first layer stays float (8-bit on device is a converter option) and the classifier is
-a float Dense on globally pooled features. BatchNorm is synchronized: under a
-``tf.distribute`` strategy each replica then normalises with the global batch's moments, so
-training matches one device; on one device it is ordinary BatchNorm.
-
-The method chooses the hidden convolutions' input and kernel quantizers
-(:func:`quantizers_for`): sign inputs and sign (or scaled-sign) kernels for the binary
-methods; TSQ's sparse 2-bit codes and per-channel ternary kernels for ``"tsq"``; none for
-``"float"``, the reference every method is compared with, where a ReLU takes the place of
-the input quantizer as the nonlinearity. Networks whose hidden inputs are not signs
-(``tsq``, ``float``) also pass the last block through a ReLU before pooling, so the
-classifier reads a float ReLU output (TSQ's AlexNet: fc7 -> BN -> ReLU, float, -> fc8);
-the stem's input and the classifier's input stay float in every method, as the TSQ
-authors did.
+Imports :mod:`tfquant.zoo.blocks` and Keras only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
-
 import numpy as np
 
-from tfquant import methods, quantizers
 from tfquant._keras import keras
-from tfquant.layers import QuantConv2D, QuantDense
-
-__all__ = [
-    "MODELS",
-    "METHOD_QUANTIZERS",
-    "quantizers_for",
-    "build",
-    "binary_cnn",
-    "bireal_cnn",
-    "resnet18",
-    "vgg7",
-    "lenet5",
-    "alexnet_bn",
-    "quicknet_small",
-]
-
-
-class _MethodQuantizers(Mapping):
-    """Method name -> ``(**options) -> (input quantizer, kernel quantizer)`` of the hidden
-    layers: a read-only view of the method registry (:mod:`tfquant.methods`)."""
-
-    def __getitem__(self, name: str) -> Callable[..., tuple[Any, Any]]:
-        method = methods.get(name)
-        return lambda **options: method.quantizers("hidden", **options)
-
-    def __iter__(self):
-        return iter(methods.names())
-
-    def __len__(self) -> int:
-        return len(methods.names())
-
-
-# method -> (**options) -> (input quantizer, kernel quantizer) of the hidden convolutions
-METHOD_QUANTIZERS: Mapping[str, Callable[..., tuple[Any, Any]]] = _MethodQuantizers()
-
-
-def quantizers_for(
-    method: str | methods.Method, **options: Any
-) -> tuple[quantizers.Quantizer | None, quantizers.Quantizer | None]:
-    """Fresh ``(input_quantizer, kernel_quantizer)`` of the hidden convolutions for a training
-    method (a registered name or a :class:`tfquant.methods.Method`); ``(None, None)`` for a
-    float method. ``options`` are the method's declared options (``bits``, ...).
-
-    Raises:
-        ValueError: an unknown method, or an option it does not declare.
-    """
-    m = methods.get(method)
-    inp, kernel = m.quantizers("hidden", **m.resolve(options))
-    return quantizers.get(inp), quantizers.get(kernel)
-
-
-def _is_sign(quantizer) -> bool:
-    q = quantizers.get(quantizer)
-    return q is not None and tuple(q.levels or ()) == (-1.0, 1.0)
-
-
-def _fresh(quantizer):
-    """A new quantizer per layer (a quantizer with weights, CPQ's grid, must not be shared)."""
-    q = quantizers.get(quantizer)
-    if q is None:
-        return None
-    config = quantizers.serialize(q)
-    config["config"] = {k: v for k, v in config["config"].items() if k != "name"}  # unique names
-    return quantizers.get(config)
-
-
-def _qconv(
-    filters: int,
-    input_quantizer,
-    kernel_quantizer,
-    name: str,
-    kernel_size: int = 3,
-    strides: int = 1,
-    padding: str = "same",
-    activation: str | None = None,
-):
-    """A hidden quantized convolution (3x3, stride 1, "same" unless told). Sign inputs pad
-    with ones (LCE's fast path); other inputs pad with zeros; without an input quantizer a
-    ReLU is the nonlinearity before it."""
-    input_quantizer = _fresh(input_quantizer)
-    conv = QuantConv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding=padding,
-        pad_values=1.0 if _is_sign(input_quantizer) else 0.0,
-        input_quantizer=input_quantizer,
-        kernel_quantizer=_fresh(kernel_quantizer),
-        activation=activation,
-        use_bias=False,
-        name=name,
-    )
-    return _relu_unless_quantized(conv, input_quantizer, name)
-
-
-def _relu_unless_quantized(layer, input_quantizer, name: str):
-    """``layer``, or without an input quantizer ``layer`` after a ReLU (the nonlinearity)."""
-    if input_quantizer is not None:
-        return layer
-    relu = keras.layers.ReLU(name=f"{name}_relu")
-    return lambda x: layer(relu(x))
-
-
-def _bn(name: str, affine: bool = True) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(
-        synchronized=True, center=affine, scale=affine, name=name
-    )
-
-
-def _stem(inputs, width: int):
-    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = _bn("stem_bn")(x)
-    return keras.layers.MaxPooling2D(2, name="stem_pool")(x)
-
-
-def _head(x, classes: int, input_quantizer="ste_sign"):
-    if not _is_sign(input_quantizer):
-        x = keras.layers.ReLU(name="head_relu")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.layers.Dense(classes, activation="softmax", name="classifier")(x)
-
-
-def binary_cnn(
-    input_shape=(28, 28, 1),
-    classes: int = 10,
-    kernel_quantizer="ste_sign",
-    widths=(64, 128),
-    input_quantizer="ste_sign",
-) -> keras.Model:
-    """A plain CNN (the shape of larq's tutorial network, LCE-friendly): float stem, then
-    per stage two quantized 3x3 convolutions with BatchNorm, max pooling between stages.
-    Binary by default; the quantizers (:func:`quantizers_for`) make its other forms."""
-    inputs = keras.Input(input_shape)
-    x = _stem(inputs, 32)
-    for s, width in enumerate(widths):
-        for b in range(2):
-            x = _qconv(width, input_quantizer, kernel_quantizer, f"s{s}_conv{b}")(x)
-            x = _bn(f"s{s}_bn{b}")(x)
-        if s < len(widths) - 1:
-            x = keras.layers.MaxPooling2D(2, name=f"s{s}_pool")(x)
-    return keras.Model(inputs, _head(x, classes, input_quantizer), name="binary_cnn")
-
-
-def bireal_cnn(
-    input_shape=(28, 28, 1),
-    classes: int = 10,
-    kernel_quantizer="ste_sign",
-    widths=(64, 128),
-    blocks: int = 2,
-    input_quantizer="ste_sign",
-) -> keras.Model:
-    """A binary CNN with Bi-Real Net's real-valued shortcuts around each binary conv.
-
-    Per stage: one binary conv that changes the width (no shortcut), then ``blocks`` binary
-    convs each wrapped as ``x + BN(bconv(x))``: the float shortcut carries the information
-    the sign throws away, which speeds training markedly (Liu et al., ECCV 2018).
-    """
-    inputs = keras.Input(input_shape)
-    x = _stem(inputs, 32)
-    for s, width in enumerate(widths):
-        x = _qconv(width, input_quantizer, kernel_quantizer, f"s{s}_expand")(x)
-        x = _bn(f"s{s}_expand_bn")(x)
-        for b in range(blocks):
-            y = _qconv(width, input_quantizer, kernel_quantizer, f"s{s}_conv{b}")(x)
-            y = _bn(f"s{s}_bn{b}")(y)
-            x = keras.layers.Add(name=f"s{s}_add{b}")([x, y])
-        if s < len(widths) - 1:
-            x = keras.layers.MaxPooling2D(2, name=f"s{s}_pool")(x)
-    return keras.Model(inputs, _head(x, classes, input_quantizer), name="bireal_cnn")
-
-
-# ---------------------------------------------------------------------------------------------
-# The papers' networks
-
-
-def _hidden(n: int, width: float, multiple: int = 32) -> int:
-    """A hidden width ``n`` scaled by ``width``, rounded to a multiple of ``multiple`` (LCE's
-    fastest binary kernels read input channels in multiples of 32), at least ``multiple``."""
-    return max(multiple, int(round(n * width / multiple)) * multiple)
-
-
-def _check_width(width: float) -> float:
-    try:
-        width = float(width)
-    except (TypeError, ValueError):
-        width = float("nan")
-    if not width > 0:
-        raise ValueError(f"Expected width a positive number. Received: width={width!r}")
-    return width
-
-
-def _spatial(input_shape, name: str) -> int:
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"Expected input_shape (height, width, channels) for {name}. "
-            f"Received: input_shape={tuple(input_shape)}"
-        )
-    sides = [s for s in input_shape[:2] if s is not None]
-    return min(sides) if sides else 0
-
-
-def _qdense(units: int, input_quantizer, kernel_quantizer, name: str):
-    """A hidden quantized Dense without bias (BatchNorm follows). Without an input quantizer a
-    ReLU is the nonlinearity before it, as for :func:`_qconv`. A binary one becomes
-    ``LceBconv2d`` through :mod:`tfquant.converters.rewrite` (LCE issue 53)."""
-    input_quantizer = _fresh(input_quantizer)
-    dense = QuantDense(
-        units,
-        input_quantizer=input_quantizer,
-        kernel_quantizer=_fresh(kernel_quantizer),
-        use_bias=False,
-        name=name,
-    )
-    return _relu_unless_quantized(dense, input_quantizer, name)
+from tfquant.zoo.blocks import (
+    _bn,
+    _check_plain_input,
+    _check_width,
+    _head,
+    _hidden,
+    _is_sign,
+    _qconv,
+    _qdense,
+    _spatial,
+)
 
 
 def resnet18(
@@ -370,15 +142,6 @@ def _plain_net(
         x = keras.layers.ReLU(name="head_relu")(x)
     outputs = keras.layers.Dense(classes, activation="softmax", name="classifier")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-def _check_plain_input(name: str, input_shape, minimum: int) -> None:
-    side = _spatial(input_shape, name)
-    if side and side < minimum:
-        raise ValueError(
-            f"Expected an input of at least {minimum}x{minimum} for {name}. "
-            f"Received: input_shape={tuple(input_shape)}"
-        )
 
 
 def vgg7(
@@ -549,7 +312,8 @@ def quicknet_small(
     (``[1,2,1]x[1,2,1]/16``), 1x1 conv, BN. Head: ReLU, global pooling, float Dense,
     softmax. A transition opens each section after the first (larq-zoo: where the width
     changes, the same places at full width; kept so when ``width`` rounds two sections'
-    widths to the same multiple of 32). With 224x224 inputs and 1000 classes it has larq-zoo's 12,655,688 parameters.
+    widths to the same multiple of 32). With 224x224 inputs and 1000 classes it has
+    larq-zoo's 12,655,688 parameters.
 
     Reconstructed by tfquant: the quantizers are the method's (larq-zoo: ``SteSign(
     clip_value=1.25)`` for inputs and kernels plus a ``WeightClip(1.25)`` constraint; use
@@ -611,44 +375,3 @@ def quicknet_small(
     for blur in blurs:
         blur.kernel.assign(_blurpool_kernel(blur.kernel.shape[2]))
     return model
-
-
-MODELS: dict[str, Callable[..., keras.Model]] = {
-    "binary_cnn": binary_cnn,
-    "bireal_cnn": bireal_cnn,
-    "resnet18": resnet18,
-    "vgg7": vgg7,
-    "lenet5": lenet5,
-    "alexnet_bn": alexnet_bn,
-    "quicknet_small": quicknet_small,
-}
-
-
-def build(
-    name: str, method: str | None = None, method_options: dict | None = None, **kwargs
-) -> keras.Model:
-    """Build a zoo model by name; ``method`` (a registered method's name, see
-    :func:`tfquant.methods.names`, or a :class:`tfquant.methods.Method`) chooses its
-    ``input_quantizer`` and ``kernel_quantizer`` (not to be passed with it), with
-    ``method_options``, the method's declared options (e.g. ``{"bits": 3}`` for CPQ).
-
-    >>> model = build("binary_cnn", method="tsq", input_shape=(8, 8, 1))
-    >>> [type(q).__name__ for q in (model.get_layer("s0_conv0").input_quantizer,
-    ...                             model.get_layer("s0_conv0").kernel_quantizer)]
-    ['SparseQuantizer', 'SteTernary']
-    """
-    if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}. Expected one of {sorted(MODELS)}.")
-    if method is not None:
-        clash = sorted({"input_quantizer", "kernel_quantizer"} & set(kwargs))
-        if clash:
-            raise ValueError(
-                f"Expected either method= or {' and '.join(clash)}=, not both. Received "
-                f"method={method!r} and {clash}"
-            )
-        kwargs["input_quantizer"], kwargs["kernel_quantizer"] = quantizers_for(
-            method, **(method_options or {})
-        )
-    elif method_options:
-        raise ValueError(f"Expected method_options only with a method. Received: {method_options}")
-    return MODELS[name](**kwargs)
