@@ -48,17 +48,6 @@ _DESCRIPTION = (
 )
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that are the user's to fix: TfquantError, and the converter's
-    ConversionError while it is not one yet (looked up only if the converter was imported:
-    otherwise none can have been raised)."""
-    converters = sys.modules.get("tfquant.converters")
-    conversion_error = getattr(converters, "ConversionError", None)
-    if isinstance(conversion_error, type) and not issubclass(conversion_error, TfquantError):
-        return (TfquantError, conversion_error)
-    return (TfquantError,)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="tfquant", description=_DESCRIPTION)
@@ -98,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 line = _signals.interrupted_line(args.command, _files.COMMITTED)
                 print(line, file=sys.stderr)
                 return 128 + int(signum)
-            if isinstance(e, _user_errors()):
+            if isinstance(e, TfquantError):  # the converter's errors are ones too
                 print(f"tfquant {args.command}: error: {e}", file=sys.stderr)
                 return EXIT_BAD_INPUT
             raise
