@@ -47,7 +47,9 @@ def quantization_gap(optimizer) -> float:
     total, count = 0.0, 0
     for var in optimizer._mirror_vars if getattr(optimizer, "built", False) else []:
         w = tf.convert_to_tensor(var)
-        hard = quantization_of(var).quantizer.exact(w)
+        info = quantization_of(var)
+        assert info is not None  # every mirror variable is a quantized kernel
+        hard = info.quantizer.exact(w)
         total += float(tf.reduce_sum(tf.abs(w - tf.cast(hard, w.dtype))))
         count += int(np.prod(w.shape))
     return total / max(count, 1)
@@ -264,7 +266,7 @@ class HardValidation(keras.callbacks.Callback):
         self.restore_best = bool(restore_best)
         self.best: float | None = None
         self.best_epoch: int | None = None
-        self._best_state = None
+        self._best_state: tuple[list, list] | None = None  # (weights, optimizer variables)
 
     def on_train_begin(self, logs=None):
         check_keras3(self.model)

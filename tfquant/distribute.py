@@ -151,8 +151,10 @@ def copy_state(source: keras.Model, target: keras.Model) -> None:
     """Copy the weights and, when both are compiled and built, the optimizer's variables."""
     target.set_weights(source.get_weights())
     optimizer = getattr(source, "optimizer", None)
-    if getattr(optimizer, "built", False) and type(getattr(target, "optimizer", None)) is type(
-        optimizer
+    if (
+        getattr(optimizer, "built", False)
+        and type(getattr(target, "optimizer", None)) is type(optimizer)
+        and optimizer is not None
     ):
         if not target.optimizer.built:
             target.optimizer.build(target.trainable_variables)

@@ -241,7 +241,11 @@ def finalize(
     keep the training state, which is what checkpoints are for.
     """
     optimizer = getattr(model, "optimizer", None)
-    if getattr(optimizer, "built", False) and callable(getattr(optimizer, "hard_quantize", None)):
+    if (
+        optimizer is not None
+        and getattr(optimizer, "built", False)
+        and callable(getattr(optimizer, "hard_quantize", None))
+    ):
         # An optimizer that keeps its own state of the quantized weights (MirrorDescent's
         # simplex for the softmax map) knows their hard values better than Q(kernel).
         optimizer.hard_quantize()
@@ -249,8 +253,9 @@ def finalize(
         # Quantizers with a learned precision (CPQ's bit-width gates) fix it first, so the
         # kernel below is quantized on the final grid.
         for q in (layer.input_quantizer, layer.kernel_quantizer):
-            if callable(getattr(q, "finalize", None)):
-                q.finalize()
+            finalize = getattr(q, "finalize", None)
+            if callable(finalize):
+                finalize()
     for layer in quantized_layers(model):
         if layer.kernel_quantizer is None:
             continue

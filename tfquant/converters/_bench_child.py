@@ -25,6 +25,7 @@ RESULT_PREFIX = "TFQUANT_BENCH_RESULT "  # the same as bench._RESULT_PREFIX (tes
 
 def _load_bench() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("_tfquant_bench", os.path.join(_HERE, "bench.py"))
+    assert spec is not None and spec.loader is not None  # a .py file path always has both
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

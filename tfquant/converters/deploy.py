@@ -59,6 +59,9 @@ class _DeployLayer(keras.layers.Layer):
     """Base of deploy layers: input quantizer, activation and optional bias of a trained
     tfquant layer; the weights are non-trainable and set by ``from_layer``."""
 
+    input_quantizer: quantizers.Quantizer | None
+    bias: Any  # a keras.Variable once built with use_bias, else None
+
     def __init__(
         self,
         input_quantizer: Any = None,
@@ -111,6 +114,8 @@ class BinaryDenseAsConv(_DeployLayer):
     Built by :meth:`from_layer` from a trained layer; its kernel ``(1, 1, C, units)`` is the
     Dense layer's effective (quantized) kernel.
     """
+
+    input_quantizer: quantizers.Quantizer  # the sign: this layer is for binary inputs only
 
     def __init__(self, units: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)

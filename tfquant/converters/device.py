@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from tfquant.errors import TfquantError
 
@@ -198,7 +198,7 @@ def elf_machine(path: str | os.PathLike) -> str | None:
         header = f.read(20)
     if len(header) < 20 or header[:4] != b"\x7fELF":
         return None
-    order = "little" if header[5] == 1 else "big"
+    order: Literal["little", "big"] = "little" if header[5] == 1 else "big"
     machine = int.from_bytes(header[18:20], order)
     return _ELF_MACHINES.get(machine, f"e_machine {machine}")
 
@@ -265,6 +265,8 @@ class _Ssh(_Transport):
         for option in options:
             common += ["-o", option]
         self._common = common
+        if device.host is None:
+            raise DeviceError(f"Expected an ssh device with a host. Received: {device!r}")
         self._target = f"{device.user}@{device.host}" if device.user else device.host
 
     def _ssh_argv(self, command: str) -> list[str]:
@@ -443,7 +445,7 @@ def benchmark(
     """
     say = progress or (lambda line: None)
     binary = os.fspath(binary)
-    for path in [binary, *map(os.fspath, models.values())]:
+    for path in [binary, *(os.fspath(model) for model in models.values())]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Expected a file. Received: {path!r} (not found)")
     if device.kind == "ssh":

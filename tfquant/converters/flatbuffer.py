@@ -114,7 +114,7 @@ def compute_ops(flatbuffer: bytes) -> list[dict]:
         if name not in _COMPUTE_OPS or len(op.inputs) < 2:
             continue
         x, w = sub.tensors[op.inputs[0]], sub.tensors[op.inputs[1]]
-        shape = [int(d) for d in w.shape]
+        shape: list[int | None] = [int(d) for d in w.shape]
         if name == "FULLY_CONNECTED" and len(shape) == 2:
             shape = [shape[0], 1, 1, shape[1]]
         elif name == "DEPTHWISE_CONV_2D":
@@ -189,9 +189,10 @@ def signature_names(flatbuffer: bytes) -> tuple[list[str | None], list[str | Non
 
 def _order(names: list[str | None], wanted: list[str] | None) -> list[int] | None:
     """Positions ``p`` such that ``wanted[p[i]]`` is ``names[i]``, or None (positional)."""
-    if wanted is None or None in names or sorted(names) != sorted(wanted):
+    present = [n for n in names if n is not None]
+    if wanted is None or len(present) != len(names) or sorted(present) != sorted(wanted):
         return None
-    return [wanted.index(n) for n in names]
+    return [wanted.index(n) for n in present]
 
 
 def _reference_names(model) -> tuple[list[str] | None, list[str] | None]:

@@ -138,7 +138,7 @@ def int8_weight_scales(
         scales = _learned_weight_scales(mat, grid.step, channel_factor)
         return scales.astype(np.float32), _exact_codes(mat, scales)
     levels = () if grid is None else grid.values
-    if levels and not grid.scaled:
+    if grid is not None and levels and not grid.scaled:
         factor = np.ones(mat.shape[1]) if channel_factor is None else channel_factor
         alpha = max(abs(v) for v in levels) * np.abs(factor).astype(np.float64)
     else:
@@ -240,7 +240,8 @@ def exact_output_range(layer: Any, readers: dict) -> tuple[float, float] | None:
         levels = values_of(q)
         if exact is None or exact[2] or min(levels) != 0.0:
             return None
-        if grid_of(q).threshold is not None:
+        grid = grid_of(q)
+        if grid is not None and grid.threshold is not None:
             found = code_grid(q)
             if found is None or found[2]:
                 return None  # its first boundary is the threshold, not half a step
@@ -278,8 +279,9 @@ def code_links(int8_layers: list, readers: dict, consumers: dict) -> dict:
             else:
                 ok = False
         grids = {code_grid(c.input_quantizer) for c in found} if ok and found else set()
-        if len(grids) == 1 and None not in grids:
-            u, n, mismatch = grids.pop()
+        shared = grids.pop() if len(grids) == 1 else None
+        if shared is not None:
+            u, n, mismatch = shared
             links[layer.name] = (u, n, mismatch, [c.name for c in found])
     return links
 

@@ -82,13 +82,17 @@ class ConversionReport:
     def text(self) -> str:
         """A short human summary."""
         s = self.sizes
+
+        def kib(value: float | None) -> str:
+            return "unknown" if value is None else f"{value / 1024:.1f}"
+
         ideal = s.get("ideal_bitpacked")
         lines = [
             "ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.ops.items())),
-            f"size: {s['total'] / 1024:.1f} KiB (bit-packed weights {s['binary_weights'] / 1024:.1f}, "
-            f"int8 weights {s['int8_weights'] / 1024:.1f}, float weights "
-            f"{s['float_weights'] / 1024:.1f}, other {s['other'] / 1024:.1f}); ideal bit-packed "
-            + ("unknown" if ideal is None else f"{ideal / 1024:.1f} KiB"),
+            f"size: {kib(s['total'])} KiB (bit-packed weights {kib(s['binary_weights'])}, "
+            f"int8 weights {kib(s['int8_weights'])}, float weights "
+            f"{kib(s['float_weights'])}, other {kib(s['other'])}); ideal bit-packed "
+            + ("unknown" if ideal is None else f"{kib(ideal)} KiB"),
         ]
         counts: dict[str, int] = {}
         for layer in self.layers:
@@ -160,8 +164,8 @@ def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
 def _attribute(model: keras.Model, flatbuffer: bytes) -> dict[str, list[dict]]:
     """Match the flatbuffer's compute ops, in execution order, to the model's layers with
     the same weight shape (output channels, kh, kw, input channels)."""
-    candidates = [(layer.name, _signature(layer)) for layer in _leaf_layers(model)]
-    candidates = [(n, s) for n, s in candidates if s is not None]
+    signatures = [(layer.name, _signature(layer)) for layer in _leaf_layers(model)]
+    candidates = [(n, s) for n, s in signatures if s is not None]
     matched: dict[str, list[dict]] = {}
     used: set[str] = set()
     for op in _flatbuffer.compute_ops(flatbuffer):

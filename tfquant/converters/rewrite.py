@@ -136,8 +136,8 @@ def rewrite_model(
 
     nodes = nodes_by_layer(model)
     readers_of = consumers(model)
-    folded = {layer.name: foldable_batchnorm(layer, readers_of, nodes) for layer in int8_layers}
-    folded = {k: v for k, v in folded.items() if v is not None}
+    foldable = {layer.name: foldable_batchnorm(layer, readers_of, nodes) for layer in int8_layers}
+    folded = {k: v for k, v in foldable.items() if v is not None}
     if int8_layers:
         ranges = _layer_io_ranges(model, int8_layers + list(folded.values()), inputs)
     # what reads a layer's output once its BatchNorm is folded in: the BatchNorm's readers
@@ -164,10 +164,13 @@ def rewrite_model(
             exact_in = activation_range(layer.input_quantizer)
             in_range = exact_in if exact_in else (*widen(in_lo, in_hi), False)
             if layer.name in code_readers:
-                u = code_grid(layer.input_quantizer)[0]
+                grid = code_grid(layer.input_quantizer)
+                assert grid is not None  # code_links made it a code reader
+                u = grid[0]
                 in_range = (0.0, 255.0 * u, False)
             bn = folded.get(layer.name)
             clip, signs_only, out_why = None, False, None
+            out_range: tuple[float, float] | None
             if layer.name in codes:
                 u, n, out_why, _ = codes[layer.name]
                 out_range, clip = (0.0, 255.0 * u), n * u
@@ -196,10 +199,11 @@ def rewrite_model(
                 for reason, applies in (
                     ("weights are not on an int8 grid (run tfquant.finalize?)", not new.exact),
                     ("float or scaled input (calibrated range)", exact_in is None),
-                    (out_why, out_why is not None),
                 )
                 if applies
             ]
+            if out_why is not None:
+                why.append(out_why)
             plan.exact = not why
             if why:
                 approximate.append(f"{layer.name}: " + ", ".join(why))

@@ -41,6 +41,7 @@ import os
 import re
 import stat
 import struct
+from typing import NoReturn
 
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as _schema
@@ -96,7 +97,7 @@ class InvalidFlatbufferError(TfquantError, ValueError):
     with ``"not a valid TFLite model: "`` and says what was expected and what was found."""
 
 
-def _fail(message: str):
+def _fail(message: str) -> NoReturn:
     raise InvalidFlatbufferError(PREFIX + message)
 
 
@@ -160,7 +161,10 @@ def _classify(bodies: list[str]) -> tuple[str, int, str]:
     if "self._tab.String(o + self._tab.Pos)" in text:
         return "string", 4, ""
     if "Indirect(o + self._tab.Pos)" in text:
-        return "table", 4, re.search(r"obj = (\w+)\(\)", text).group(1)
+        table = re.search(r"obj = (\w+)\(\)", text)
+        if table is None:
+            raise RuntimeError(f"unrecognised table accessor in the TFLite schema: {text[:300]}")
+        return "table", 4, table.group(1)
     scalar = re.search(r"number_types\.(\w+)Flags, o \+ self\._tab\.Pos\)", text)
     if scalar:
         return "scalar", _FLAG_SIZES[scalar.group(1)], ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfquant import quantizers
 from tfquant._keras import check_keras3, tf
@@ -78,6 +78,21 @@ class QuantizerMixin:
     """
 
     _kernel_attr = "kernel"
+    input_quantizer: quantizers.Quantizer | None
+    kernel_quantizer: quantizers.Quantizer | None
+    pad_values: float
+    kernel_gate: Any  # a keras.Variable once built
+
+    if TYPE_CHECKING:
+        # What the Keras layer this is mixed into provides (Keras has no type stubs).
+        name: str
+        padding: str
+        data_format: str
+        activation: Any
+        use_bias: bool
+        bias: Any
+
+        def add_weight(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def __call__(self, *args: Any, **kwargs: Any):
         # A tf-keras (legacy tf.keras) symbolic input would otherwise be wrapped silently in a

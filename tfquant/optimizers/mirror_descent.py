@@ -21,13 +21,13 @@ _FORWARDS = ("primal", "quantized")
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:
         raise ValueError(f"Expected {name} > 0. Received: {name}={value!r}")
     return float(value)
 
 
 def _unit(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < 1:
         raise ValueError(f"Expected {name} in [0, 1). Received: {name}={value!r}")
     return float(value)
 
@@ -150,6 +150,19 @@ class MirrorDescent(keras.optimizers.Optimizer):
         Ajanthan, Gupta, Torr, Hartley, Dokania, "Mirror Descent View for Neural Network
         Quantization", AISTATS 2021.
     """
+
+    mirror_map: str
+    stable: bool
+    forward: str
+    beta_growth: float
+    beta_every: int
+    beta_max: float
+    beta_1: float
+    beta_2: float
+    epsilon: float
+    _beta_0: float
+    _initial_horizon: int | None
+    _beta_horizon: Any  # a keras.Variable (int64 scalar)
 
     def __init__(
         self,
@@ -293,7 +306,7 @@ class MirrorDescent(keras.optimizers.Optimizer):
             and (expected is None or levels == expected)
             and _rounds_to_nearest(quantizer, levels)
         )
-        if not fits:
+        if not fits or levels is None:  # (fits implies levels)
             want = "any unscaled level set" if expected is None else f"levels {expected}"
             hint = {
                 "tanh": "kernel_quantizer='ste_sign'",
@@ -379,6 +392,7 @@ class MirrorDescent(keras.optimizers.Optimizer):
                     state = len(states) - 1
                 mirror[i] = (levels, state)
                 if self.forward == "primal":
+                    assert info is not None  # levels come from info
                     _set_everywhere(info.gate, 0.0)
         self._momentums, self._velocities, self._states = momentums, velocities, states
         self._mirror = mirror  # variable index -> (levels, index in _states or None)
@@ -504,7 +518,9 @@ class MirrorDescent(keras.optimizers.Optimizer):
             if self.mirror_map == "softmax":
                 hard = mm.argmax_levels(tf.convert_to_tensor(state), levels)
             else:
-                hard = quantization_of(var).quantizer.exact(tf.convert_to_tensor(var))
+                info = quantization_of(var)
+                assert info is not None  # every mirror variable is a quantized kernel
+                hard = info.quantizer.exact(tf.convert_to_tensor(var))
             var.assign(tf.cast(hard, var.dtype))
 
     def get_config(self) -> dict[str, Any]:

@@ -96,6 +96,8 @@ def project(mirror_map: str, u, beta, levels: Sequence[float] | None = None):
     if mirror_map == "ternary":
         return ternary_projection(u, beta)
     if mirror_map == "softmax":
+        if levels is None:
+            raise ValueError("Expected levels with mirror_map='softmax'. Received: levels=None")
         return softmax_projection(u, beta, levels)
     raise ValueError(f"Expected mirror_map in {MIRROR_MAPS}. Received: mirror_map={mirror_map!r}")
 

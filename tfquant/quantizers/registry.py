@@ -10,7 +10,7 @@ May import: ``tfquant.quantizers.base``, ``tfquant._keras`` and ``tfquant.errors
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 from tfquant._keras import keras
 from tfquant.errors import ConfigError
@@ -45,6 +45,14 @@ def register_alias(alias: str, cls: type[Quantizer]) -> None:
 def registered() -> dict[str, type[Quantizer]]:
     """Class name -> class, of every registered quantizer (a copy)."""
     return dict(_CLASSES)
+
+
+@overload
+def serialize(quantizer: Quantizer) -> dict: ...
+@overload
+def serialize(quantizer: None) -> None: ...
+@overload
+def serialize(quantizer: Quantizer | None) -> dict | None: ...
 
 
 def serialize(quantizer: Quantizer | None) -> dict | None:

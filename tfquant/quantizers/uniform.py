@@ -57,7 +57,7 @@ class UniformQuantizer(Quantizer):
         return Grid(step=1.0 / n, k_min=-n, k_max=n, stride=2, ties="away")
 
     @property
-    def levels(self) -> tuple[float, ...]:  # type: ignore[override]
+    def levels(self) -> tuple[float, ...]:
         grid = self.grid
         return () if grid is None else grid.values  # above 8 bits: too many to list
 
