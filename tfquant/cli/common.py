@@ -67,11 +67,10 @@ def outputs(inputs: Iterable[str | None], planned: list[tuple[str | None, str]],
     """
     from tfquant._files import Outputs, check_input
 
-    inputs = list(inputs)
-    plan = Outputs(inputs, overwrite=overwrite)
-    for path in inputs:
-        if path is not None:
-            check_input(path, "input", directory=True)
+    given = [path for path in inputs if path is not None]
+    plan = Outputs(given, overwrite=overwrite)
+    for source in given:
+        check_input(source, "input", directory=True)
     for path, what in planned:
         if path is not None:
             plan.add(path, what)

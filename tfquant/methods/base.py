@@ -62,6 +62,8 @@ class Option:
         )
         low, high = self.min, self.max
         if self.open_interval:
+            if low is None:
+                return kind if high is None else f"{kind} < {_num(high)}"
             if high is None:
                 return f"{kind} > {_num(low)}"
             return f"{kind} in ({_num(low)}, {_num(high)})"

@@ -215,16 +215,16 @@ class RelaxedQuantizer(quantizers.Quantizer):
         return self.quantizer.precision
 
     @property
-    def grid(self):  # type: ignore[override]
+    def grid(self):
         """The wrapped quantizer's grid: what :meth:`exact` (phase two, deployment) outputs."""
         return self.quantizer.grid
 
     @property
-    def levels(self):  # type: ignore[override]
+    def levels(self):
         return self.quantizer.levels
 
     @property
-    def scaled(self) -> bool:  # type: ignore[override]
+    def scaled(self) -> bool:
         return self.quantizer.scaled
 
     def exact(self, inputs):

@@ -103,10 +103,10 @@ class TSQ(Method):
         return result, (run.checkpoints.method_state or {}).get("seconds", 0.0)
 
     def report(self, result: tuple) -> dict:
-        result, seconds = result
+        tsq_result, seconds = result
         return {
-            "code_epochs": result.epochs[0],
-            "finetune_epochs": result.epochs[1],
+            "code_epochs": tsq_result.epochs[0],
+            "finetune_epochs": tsq_result.epochs[1],
             "step2_seconds": seconds,
             "layers": [
                 {
@@ -116,7 +116,7 @@ class TSQ(Method):
                     "error_after": r.error_after,
                     "batchnorm_folded": r.folded,
                 }
-                for r in result.records
+                for r in tsq_result.records
             ],
         }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tfquant._keras import keras
 from tfquant.methods.base import Checkpoints
@@ -210,6 +211,7 @@ def fit(
     def train(first, last):
         if first >= last:
             return
+        data: tuple[Any, ...]
         if batches is None:
             data, more = (x, y), {"batch_size": batch_size}
         else:

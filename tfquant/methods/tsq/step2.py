@@ -132,7 +132,7 @@ def _linear_response(layer, inputs) -> tf.Tensor:
     return out
 
 
-def _relative_error(Y, X, what, alpha, bias, activation) -> np.ndarray:
+def _relative_error(Y, X, what, alpha, bias, activation) -> tuple[np.ndarray, float]:
     """Per-channel squared residuals and the relative Frobenius error."""
     obj = response_objective(X, Y, what, alpha, bias, activation)
     norm = float(np.sqrt(np.sum(Y * Y)))
