@@ -124,3 +124,26 @@ def test_tfquant_train_prints_one_line_per_epoch(tmp_path, capsys):
     assert len(epochs) == 2, out
     others = [line for line in out.splitlines() if not line.startswith("epoch ")]
     assert others and all(line.startswith("[tfquant train] ") for line in others), others
+
+
+def test_tfquant_train_ends_keras_bar_before_its_epoch_line(tmp_path, capsys):
+    # verbose 1 (a terminal): Keras' bar ends its line before the epoch line, which starts
+    # a line of its own rather than being glued to the end of the bar.
+    from tfquant.train import TrainConfig, run
+
+    config = TrainConfig(
+        dataset="digits",
+        model="binary_cnn",
+        method="ste",
+        epochs=1,
+        limit=64,
+        batch_size=32,
+        out=str(tmp_path / "run"),
+        convert=False,
+        verbose=1,
+    )
+    run(config)
+    out = capsys.readouterr().out
+    assert re.search(r"val_loss: [\d.]+.*\n", out), out  # Keras' bar was drawn
+    assert re.search(r"(^|\n)epoch 1/1  acc ", out), out
+    assert not re.search(r"[^\n]epoch 1/1  acc ", out), out

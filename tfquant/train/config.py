@@ -46,7 +46,9 @@ class TrainConfig:
     out: str = "runs/train"
     overwrite: bool = False
     convert: bool = True
-    verbose: int | None = None  # Keras verbosity; None: progress bar on a terminal, else lines
+    # 0: quiet; 1: a line per epoch and Keras' progress bar; 2: a line per epoch (a log);
+    # None: 1 on a terminal, else 2
+    verbose: int | None = None
     strategy: str = "none"  # "mirrored": tf.distribute (several workers when TF_CONFIG says so)
     resume: bool = False  # continue the run whose checkpoints are in out/checkpoints
 

@@ -73,12 +73,13 @@ def _check_out(config: TrainConfig) -> _files.Outputs | None:
         return None
     state = _check_checkpoints(config, out)
     previous = [name for name in ARTIFACTS if os.path.lexists(out / name)]
-    if previous and not config.overwrite and not (config.resume and state["config"]["overwrite"]):
+    resumes_overwrite = bool(config.resume and state is not None and state["config"]["overwrite"])
+    if previous and not config.overwrite and not resumes_overwrite:
         raise ConfigError(
             f"{out} holds a previous run ({', '.join(previous)}). Choose another --out, or "
             "pass --overwrite to replace that set of files (other files there are left alone)."
         )
-    overwrite = config.overwrite or bool(config.resume and state["config"]["overwrite"])
+    overwrite = config.overwrite or resumes_overwrite
     outputs = _files.Outputs(overwrite=overwrite)
     try:
         for name in ARTIFACTS:
@@ -215,8 +216,10 @@ def _train(config: TrainConfig, out: pathlib.Path, chief: bool, say=None, verbos
         with scope():
             checkpoints.restore(model)
     # One whole line per epoch (reads the same in a log as on a terminal); Keras' own bar
-    # only on a terminal (verbose 1), beside it.
-    lines = [EpochLines()] if verbose else []
+    # only on a terminal (verbose 1), drawn by a ProgbarLogger given before the lines, so that
+    # it ends its line first (Keras would append its own after every callback given).
+    lines = [keras.callbacks.ProgbarLogger()] if verbose == 1 else []
+    lines += [EpochLines()] if verbose else []
     start = time.perf_counter()
     result = method.fit(
         model,
