@@ -42,7 +42,7 @@ def _check_checkpoints(config: TrainConfig, out: pathlib.Path) -> dict | None:
             f"{state['config']['epochs']}. Pass --resume to continue it, --overwrite to start "
             "over (its checkpoints are replaced), or choose another --out."
         )
-    if config.resume:
+    if config.resume and state is not None:  # (--resume without a state raised above)
         _check_resumable(config, state)
     return state
 

@@ -27,7 +27,7 @@ def layer_bits(model: keras.Model) -> list[dict[str, Any]]:
             "input_bits": layer.input_precision,
         }
         for role, q in (("weight", layer.kernel_quantizer), ("input", layer.input_quantizer)):
-            if hasattr(q, "alpha_value"):
+            if q is not None and hasattr(q, "alpha_value"):
                 row[f"{role}_alpha"] = q.alpha_value
         rows.append(row)
     return rows

@@ -62,7 +62,10 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
 
 
 def build(
-    name: str, method: str | None = None, method_options: dict | None = None, **kwargs
+    name: str,
+    method: str | methods.Method | None = None,
+    method_options: dict | None = None,
+    **kwargs,
 ) -> keras.Model:
     """Build a zoo model by name; ``method`` (a registered method's name, see
     :func:`tfquant.methods.names`, or a :class:`tfquant.methods.Method`) chooses its
