@@ -252,7 +252,12 @@ def _run(config: TrainConfig, out: pathlib.Path, outputs: _files.Outputs) -> dic
         return outputs.stage_path(out / name)
 
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    say = (lambda m: print(f"[tfquant train] {m}", flush=True)) if verbose else (lambda m: None)
+    started = time.perf_counter()
+
+    def say(message: str) -> None:  # each stage's line with the job's time so far
+        if verbose:
+            print(f"[tfquant train] {message}  {time.perf_counter() - started:.1f} s", flush=True)
+
     method = methods.get(config.method)
     model, data, history, train_seconds, method_report = _train(config, out, True, say, verbose)
     xtr, xte, yte, bn_data = data.x, data.xte, data.yte, data.bn_data
