@@ -117,6 +117,7 @@ def run(config: TrainConfig) -> dict:
         tfquant.converters.ConversionError: the trained model did not convert.
     """
     check_config(config)
+    _check_out(config)  # --out's problems before anything is created, loaded or trained
     where = distribute.cluster()
     out = pathlib.Path(config.out)
     if not where.is_chief:
