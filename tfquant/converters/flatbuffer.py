@@ -25,6 +25,7 @@ __all__ = [
     "LCE_OPS",
 ]
 
+_TENSOR_TYPES = {v: k for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
 _BUILTIN_NAMES = {
     value: name for name, value in vars(_schema.BuiltinOperator).items() if not name.startswith("_")
 }
@@ -107,7 +108,6 @@ def compute_ops(flatbuffer: bytes) -> list[dict]:
     (TFLite tensor type names)."""
     model = load_model_t(flatbuffer)
     sub = model.subgraphs[0]
-    names = {v: k for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
     out = []
     for op in sub.operators:
         name = _op_name(model, op.opcodeIndex)
@@ -127,8 +127,8 @@ def compute_ops(flatbuffer: bytes) -> list[dict]:
             {
                 "op": name,
                 "weight_shape": shape,
-                "input_type": names.get(x.type, str(x.type)),
-                "weight_type": names.get(w.type, str(w.type)),
+                "input_type": _TENSOR_TYPES.get(x.type, str(x.type)),
+                "weight_type": _TENSOR_TYPES.get(w.type, str(w.type)),
             }
         )
     return out
@@ -140,7 +140,6 @@ def io_details(flatbuffer: bytes) -> tuple[list[dict], list[dict]]:
     ``zero_point`` (None for float tensors)."""
     model = load_model_t(flatbuffer)
     sub = model.subgraphs[0]
-    names = {v: k for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
 
     def detail(i):
         t = sub.tensors[i]
@@ -155,7 +154,7 @@ def io_details(flatbuffer: bytes) -> tuple[list[dict], list[dict]]:
             "name": name,
             "shape": [int(d) for d in t.shape],
             "shape_signature": [int(d) for d in signature],
-            "type": names.get(t.type, str(t.type)),
+            "type": _TENSOR_TYPES.get(t.type, str(t.type)),
             "scale": scale,
             "zero_point": zp,
         }

@@ -74,11 +74,7 @@ _FLAG_SIZES = {
     "Bool": 1, "Int8": 1, "Uint8": 1, "Int16": 2, "Uint16": 2,
     "Int32": 4, "Uint32": 4, "Float32": 4, "Int64": 8, "Uint64": 8, "Float64": 8,
 }  # fmt: skip
-_TYPE_NAMES = {
-    value: name.lower()
-    for name, value in vars(_schema.TensorType).items()
-    if not name.startswith("_")
-}
+_TYPE_NAMES = {v: k.lower() for k, v in vars(_schema.TensorType).items() if not k.startswith("_")}
 # Bytes per element of the types whose constant buffers have a fixed size (STRING, RESOURCE,
 # VARIANT and the packed 2- and 4-bit types have no simple rule and are not size-checked).
 _ITEMSIZE = {

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from tfquant._keras import keras, tf
+from tfquant.quantizers import cpq_ops
 from tfquant.quantizers.base import Grid, Quantizer
 from tfquant.quantizers.cpq_ops import (  # noqa: F401  (the functions' public home is here too)
     _GATE_SNAP,
@@ -73,17 +74,7 @@ from tfquant.quantizers.cpq_ops import (  # noqa: F401  (the functions' public h
     hard_concrete_sample,
 )
 
-__all__ = [
-    "CPQQuantizer",
-    "cpq_quantize",
-    "cpq_probabilities",
-    "code_range",
-    "bit_levels",
-    "hard_concrete_sample",
-    "hard_concrete_gate",
-    "hard_concrete_nonzero",
-    "HARD_CONCRETE",
-]
+__all__ = ["CPQQuantizer", *cpq_ops.__all__]
 
 
 # ----------------------------------------------------------------- the quantizer
