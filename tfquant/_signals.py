@@ -47,16 +47,9 @@ def ignore() -> None:
 
 
 @contextlib.contextmanager
-def raising(received: list[int]) -> Iterator[None]:
-    """Within the block, the first of :data:`HELD` raises :class:`Interrupted` and is
-    recorded in ``received``; later ones (during the clean-up the first one starts) are
-    ignored. Outside the main thread, signals are left alone."""
-
-    def handler(signum, frame):
-        ignore()
-        received.append(signum)
-        raise Interrupted(signum)
-
+def _handled(handler) -> Iterator[None]:
+    """``handler`` for each of :data:`HELD` within the block, the previous ones restored after
+    it; outside the main thread (where Python cannot set handlers), nothing changes."""
     try:
         previous = {s: signal.signal(s, handler) for s in HELD}
     except ValueError:  # not the main thread
@@ -67,6 +60,21 @@ def raising(received: list[int]) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def raising(received: list[int]) -> Iterator[None]:
+    """Within the block, the first of :data:`HELD` raises :class:`Interrupted` and is
+    recorded in ``received``; later ones (during the clean-up the first one starts) are
+    ignored. Outside the main thread, signals are left alone."""
+
+    def handler(signum, frame):
+        ignore()
+        received.append(signum)
+        raise Interrupted(signum)
+
+    with _handled(handler):
+        yield
 
 
 @contextlib.contextmanager
@@ -85,14 +93,8 @@ def held() -> Iterator[None]:
         pending.append(signum)
 
     try:
-        previous = {s: signal.signal(s, defer) for s in HELD}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
+        with _handled(defer):
+            yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        if pending:
+        if pending:  # after the previous handlers are back
             signal.raise_signal(pending[0])
